@@ -1,0 +1,123 @@
+"""Layouts: one cell-size code per macro-block, and the rule that picks them (privacy.md §3).
+
+The grid of macro-blocks, the cell counts and the offsets of each block's means follow from public values
+only (H, W, S, the codes). The adaptive rule picks, per block, the cell size `b` that minimises the
+estimated squared error per pixel and channel:
+
+    err(b) = detail_gain * g2 * (b^2 - 1)    detail averaged away inside a b x b cell (a ramp of squared
+                                              gradient g2 loses about g2 * (b^2 - 1) / 6 per axis)
+           + 2 t^2 / b^4                      variance of the discrete Laplace noise on a mean of b^2 pixels
+
+where `g2` is a squared gradient per pixel read from already-private data: the previous release
+(`previous`) or this frame's noisy complexity (`private`). Nothing here reads raw pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dp.errors import ConfigError
+from dp.spec import PixelizeSpec
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The macro-block grid of an H x W frame; public."""
+
+    height: int
+    width: int
+    block: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (-(-self.height // self.block), -(-self.width // self.block))
+
+    def block_dims(self) -> tuple[np.ndarray, np.ndarray]:
+        n_by, n_bx = self.shape
+        hb = np.minimum(self.block, self.height - self.block * np.arange(n_by))
+        wb = np.minimum(self.block, self.width - self.block * np.arange(n_bx))
+        return hb, wb
+
+    def cell_offsets(self, codes: np.ndarray, sizes: np.ndarray, channels: int) -> tuple[np.ndarray, int]:
+        """Start of each block's means in the release (flattened row-major) and the total count."""
+        hb, wb = self.block_dims()
+        b = sizes[codes].astype(np.int64)
+        n_cells = (-(-hb[:, None] // b)) * (-(-wb[None, :] // b))
+        counts = n_cells.ravel() * channels
+        offsets = np.zeros(counts.size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        return offsets, int(counts.sum())
+
+
+def uniform_codes(grid: Grid, spec: PixelizeSpec, cell_size: int | None = None) -> np.ndarray:
+    code = spec.cell_sizes.index(cell_size if cell_size is not None else spec.cell_size)
+    return np.full(grid.shape, code, dtype=np.uint8)
+
+
+def map_codes(grid: Grid, spec: PixelizeSpec) -> np.ndarray:
+    """The operator's static map, checked against this frame's grid."""
+    arr = np.asarray(spec.layout_map, dtype=np.int64)
+    if arr.shape != grid.shape:
+        raise ConfigError(
+            f"layout_map has shape {arr.shape} but a {grid.height}x{grid.width} frame with block_size "
+            f"{grid.block} has {grid.shape[0]}x{grid.shape[1]} macro-blocks; give one cell size per block"
+        )
+    lookup = {s: i for i, s in enumerate(spec.cell_sizes)}
+    return np.vectorize(lookup.__getitem__, otypes=[np.uint8])(arr)
+
+
+def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:
+    """Per block, the code of the cell size minimising estimated detail loss plus noise variance."""
+    sizes = np.asarray(spec.cell_sizes, dtype=np.float64)
+    t = float(spec.noise_scale)
+    noise = 2.0 * t * t / sizes**4
+    detail = spec.detail_gain * np.maximum(g2, 0.0)[..., None] * (sizes**2 - 1.0)
+    return np.argmin(detail + noise, axis=-1).astype(np.uint8)
+
+
+def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: PixelizeSpec) -> np.ndarray:
+    """Squared mean clipped neighbour difference per block, from the noisy numerators (private mode).
+
+    The numerator's noise has variance 2 t_l^2; dividing by P (pair-channel terms in the block) and
+    subtracting the noise's share keeps the estimate unbiased in expectation. Post-processing only.
+    """
+    hb, wb = grid.block_dims()
+    h = hb[:, None].astype(np.float64)
+    w = wb[None, :].astype(np.float64)
+    pairs = spec.channels * (h * (w - 1) + w * (h - 1))
+    t_l = float(spec.layout_noise_scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = noisy_numerators.reshape(grid.shape) / pairs
+        g2 = c * c - 2.0 * t_l * t_l / (pairs * pairs)
+    return np.where(pairs > 0, np.maximum(g2, 0.0), 0.0)
+
+
+def g2_from_release_stats(
+    block_means: np.ndarray, block_mean_var: np.ndarray, within_g2: np.ndarray, block: int
+) -> np.ndarray:
+    """Squared gradient per block from the previous release (previous mode).
+
+    A block released as one coarse cell is flat inside its own release, so reading only inside blocks
+    would lock it at the coarsest size forever. The contrast *across* blocks, between neighbouring block
+    means (every layout gives one per block: a common scale), sees structure again; noise variance is
+    subtracted so a noisy flat area does not look detailed. The larger of the two readings is used.
+    """
+    n_by, n_bx, _ = block_means.shape
+    acc = np.zeros((n_by, n_bx))
+    cnt = np.zeros((n_by, n_bx))
+    # vertical neighbours (axis 0), then horizontal (axis 1); each pair counts for both blocks
+    for d, v, a, b in (
+        (block_means[1:] - block_means[:-1], block_mean_var[1:] + block_mean_var[:-1],
+         (slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        (block_means[:, 1:] - block_means[:, :-1], block_mean_var[:, 1:] + block_mean_var[:, :-1],
+         (slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ):
+        sq = (d * d).mean(axis=-1) - v
+        for sl in (a, b):
+            acc[sl] += sq
+            cnt[sl] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        across = np.where(cnt > 0, np.maximum(acc / np.maximum(cnt, 1), 0.0) / float(block * block), 0.0)
+    return np.maximum(across, within_g2)

@@ -1,0 +1,105 @@
+"""`Ledger`: w-event privacy budget of one camera (privacy.md §1).
+
+The sum of eps over the releases in any window of `window_s` seconds stays at or under `eps_window`. Sums
+are exact (epsilons are the decimals the operator wrote, see dp.spec.exact_epsilon), so 0.3 holds three
+releases of 0.1 and no rounding can ever let a window overspend. Windows are closed intervals: spends at
+exactly `t` and `t - window_s` count together, the conservative reading.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from fractions import Fraction
+
+from dp.errors import ConfigError
+from dp.spec import _check_eps, exact_epsilon
+
+
+class Ledger:
+    """Per-camera budget over a sliding window.
+
+    Usage::
+
+        ledger = Ledger(eps_window=4.0, window_s=10.0)
+        if ledger.try_spend(t_s, spec.eps_frame):
+            ...release the frame...
+        else:
+            ...repeat the last release (free post-processing)...
+    """
+
+    def __init__(self, eps_window: float, window_s: float) -> None:
+        self.eps_window = _check_eps("eps_window", eps_window)
+        try:
+            window = float(window_s)
+        except (TypeError, ValueError):
+            raise ConfigError(f"window_s={window_s!r} must be a number of seconds") from None
+        if not (window > 0 and window < float("inf")):
+            raise ConfigError(f"window_s={window_s!r} must be a positive number of seconds")
+        self.window_s = window
+        self._limit = exact_epsilon(self.eps_window)
+        self._spends: deque[tuple[float, Fraction]] = deque()
+        self._total = Fraction(0)
+        self._last_t: float | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Ledger(eps_window={self.eps_window!r}, window_s={self.window_s!r})"
+
+    def _expire(self, t_s: float) -> None:
+        start = t_s - self.window_s
+        while self._spends and self._spends[0][0] < start:
+            self._total -= self._spends.popleft()[1]
+
+    def _check_time(self, t_s: float) -> float:
+        t = float(t_s)
+        if t != t or t in (float("inf"), float("-inf")):
+            raise ConfigError(f"t_s={t_s!r} must be a finite time in seconds")
+        if self._last_t is not None and t < self._last_t:
+            raise ConfigError(f"t_s={t} is earlier than the last spend at {self._last_t}; use a monotonic clock")
+        return t
+
+    def try_spend(self, t_s: float, eps: float) -> bool:
+        """Spend `eps` at time `t_s` if the window allows it; False (and nothing spent) otherwise."""
+        cost = exact_epsilon(_check_eps("eps", eps))
+        with self._lock:
+            t = self._check_time(t_s)
+            self._expire(t)
+            if self._total + cost > self._limit:
+                return False
+            self._spends.append((t, cost))
+            self._total += cost
+            self._last_t = t
+            return True
+
+    def spent(self, t_s: float) -> float:
+        """Epsilon spent in the window ending at `t_s`."""
+        with self._lock:
+            start = float(t_s) - self.window_s
+            return float(sum((c for s, c in self._spends if start <= s <= t_s), Fraction(0)))
+
+    def remaining(self, t_s: float) -> float:
+        """Epsilon that a release at `t_s` could still spend."""
+        return max(self.eps_window - self.spent(t_s), 0.0)
+
+    def to_dict(self) -> dict:
+        """JSON-safe state (for the store); epsilons as exact decimal strings."""
+        with self._lock:
+            return {
+                "eps_window": self.eps_window,
+                "window_s": self.window_s,
+                "spends": [[t, f"{c.numerator}/{c.denominator}"] for t, c in self._spends],
+            }
+
+    @classmethod
+    def from_dict(cls, state: dict) -> Ledger:
+        try:
+            ledger = cls(state["eps_window"], state["window_s"])
+            for t, c in state.get("spends", []):
+                cost = Fraction(c)
+                ledger._spends.append((float(t), cost))
+                ledger._total += cost
+                ledger._last_t = float(t)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"ledger state is malformed: {exc}") from None
+        return ledger

@@ -1,0 +1,231 @@
+"""`Pixelizer`: one camera's releases, frame by frame (privacy.md §2-§4).
+
+    px = Pixelizer(PixelizeSpec(eps_pix=1.0, m_pixels=16), backend="auto")
+    rel = px.release(frame)            # eps_frame-DP for frames differing in m_pixels positions
+
+Each call draws a fresh 256-bit ChaCha20 key from the OS; an explicit `key=` makes the output
+deterministic and exists for tests only. In `previous` mode the pixelizer remembers its last release (a
+private output), whose layout statistics choose the next frame's layout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from dp import layout as lay
+from dp.errors import BackendUnavailable, ConfigError, FrameError
+from dp.noise import fresh_key, key_words, laplace_tables
+from dp.release import Release
+from dp.spec import PixelizeSpec
+
+MAX_SIDE = 32768
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+class CpuBackend:
+    """Numba kernels on the CPU (dp.kernels_cpu)."""
+
+    name = "cpu"
+
+    @staticmethod
+    def to_device(frame: np.ndarray) -> np.ndarray:
+        return frame
+
+    @staticmethod
+    def release_means(frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
+        from dp.kernels_cpu import release_means
+
+        out = np.empty(n_means, dtype=np.uint8)
+        release_means(frame, codes, sizes, block, offsets, key, tables.zero_threshold, tables.digits,
+                      tables.n_digits, out)
+        return out
+
+    @staticmethod
+    def noisy_complexity(frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
+        from dp.kernels_cpu import noisy_complexity
+
+        out = np.empty(n_blocks, dtype=np.int64)
+        noisy_complexity(frame, block, clip, key, tables.zero_threshold, tables.digits, tables.n_digits, out)
+        return out
+
+
+def cuda_usable() -> bool:
+    """True when a real CUDA device is present (the simulator does not count for `auto`)."""
+    try:
+        from numba import config
+
+        if config.ENABLE_CUDASIM:
+            return False
+        from dp.kernels_cuda import is_available
+    except ImportError:
+        return False
+    return is_available()
+
+
+def make_backend(backend: str):
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "cuda" if cuda_usable() else "cpu"
+    if backend == "cpu":
+        return CpuBackend()
+    try:
+        from dp.kernels_cuda import CudaBackend, is_available
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend='cuda' needs numba-cuda ({exc}); install dpstream[cuda] or use 'cpu'") from None
+    if not is_available():
+        raise BackendUnavailable("backend='cuda' but no CUDA device is available; use backend='cpu' or 'auto'")
+    return CudaBackend()
+
+
+class Pixelizer:
+    """Releases frames of one camera under a `PixelizeSpec`; thread-safe."""
+
+    def __init__(self, spec: PixelizeSpec, backend: str = "auto") -> None:
+        if not isinstance(spec, PixelizeSpec):
+            raise ConfigError(f"spec must be a PixelizeSpec, got {type(spec).__name__}")
+        self._backend = make_backend(backend)
+        self._lock = threading.Lock()
+        self._spec = spec
+        self._check_backend_limits(spec)
+        self._previous: Release | None = None
+        self._next_index = 0
+
+    def __repr__(self) -> str:
+        return f"Pixelizer({self._spec!r}, backend={self._backend.name!r})"
+
+    @property
+    def spec(self) -> PixelizeSpec:
+        return self._spec
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: 'cpu' or 'cuda'."""
+        return self._backend.name
+
+    def update_spec(self, spec: PixelizeSpec) -> None:
+        """Apply a new configuration from the next release on (live config)."""
+        if not isinstance(spec, PixelizeSpec):
+            raise ConfigError(f"spec must be a PixelizeSpec, got {type(spec).__name__}")
+        self._check_backend_limits(spec)
+        with self._lock:
+            self._spec = spec
+
+    def _check_backend_limits(self, spec: PixelizeSpec) -> None:
+        if self._backend.name == "cuda":
+            from dp.kernels_cuda import MAX_SHARED_SUMS
+
+            worst = (spec.block_size // min(spec.cell_sizes)) ** 2 * spec.channels
+            if worst > MAX_SHARED_SUMS:
+                raise ConfigError(
+                    f"block_size={spec.block_size} with cell size {min(spec.cell_sizes)} gives {worst} sums "
+                    f"per macro-block; the CUDA kernel holds at most {MAX_SHARED_SUMS}: use larger cells"
+                )
+
+    # --- the release -----------------------------------------------------------------------------
+    def release(
+        self,
+        frame,
+        key: bytes | None = None,
+        *,
+        camera_id: str = "",
+        frame_index: int | None = None,
+        timestamp_s: float | None = None,
+    ) -> Release:
+        """Release one frame (HxWxC uint8, C == spec.channels; HxW allowed for grey). Never mutates it.
+
+        `key` (32 bytes) makes the noise deterministic: tests only. Production never passes it.
+        """
+        with self._lock:
+            spec = self._spec
+            frame = self._checked(frame, spec)
+            height, width = int(frame.shape[0]), int(frame.shape[1])
+            if frame_index is None:
+                frame_index = self._next_index
+            self._next_index = int(frame_index) + 1
+            words = fresh_key() if key is None else key_words(key)
+            grid = lay.Grid(height, width, spec.block_size)
+            sizes = np.asarray(spec.cell_sizes, dtype=np.int64)
+            device_frame = self._backend.to_device(frame)
+            codes = self._codes(device_frame, grid, spec, words)
+            offsets, n_means = grid.cell_offsets(codes, sizes, spec.channels)
+            if n_means >= 1 << 32:
+                raise FrameError(f"a {height}x{width} frame at these cell sizes has {n_means} means; use larger cells")
+            means = self._backend.release_means(device_frame, codes, sizes, spec.block_size, offsets, n_means,
+                                                words, laplace_tables(spec.noise_scale))
+            rel = Release(
+                camera_id=str(camera_id),
+                frame_index=int(frame_index),
+                timestamp_s=float(time.time() if timestamp_s is None else timestamp_s),
+                height=height,
+                width=width,
+                channels=spec.channels,
+                layout_mode=spec.layout,
+                block_size=spec.block_size,
+                cell_sizes=spec.cell_sizes,
+                m_pixels=spec.m_pixels,
+                eps_layout=spec.eps_layout,
+                eps_pix=spec.eps_pix,
+                layout=codes,
+                means=means,
+                _offsets=offsets,
+            )
+            if spec.layout == "previous":
+                self._previous = rel
+            return rel
+
+    def _codes(self, frame, grid: lay.Grid, spec: PixelizeSpec, words: np.ndarray) -> np.ndarray:
+        if spec.layout == "fixed":
+            return np.zeros(grid.shape, dtype=np.uint8)
+        if spec.layout == "map":
+            return lay.map_codes(grid, spec)
+        if spec.layout == "previous":
+            prev = self._previous
+            if prev is None or (prev.height, prev.width, prev.channels, prev.block_size, prev.cell_sizes) != (
+                grid.height, grid.width, spec.channels, spec.block_size, spec.cell_sizes
+            ):
+                return lay.uniform_codes(grid, spec)
+            return lay.choose_codes(self._g2_from_previous(prev, spec), spec)
+        # private: noisy complexity of this frame, paid for with eps_layout
+        n_by, n_bx = grid.shape
+        noisy = self._backend.noisy_complexity(frame, spec.block_size, spec.gradient_clip, n_by * n_bx,
+                                               grid.shape, words, laplace_tables(spec.layout_noise_scale))
+        return lay.choose_codes(lay.g2_from_noisy_complexity(noisy, grid, spec), spec)
+
+    @staticmethod
+    def _g2_from_previous(prev: Release, spec: PixelizeSpec) -> np.ndarray:
+        from dp.kernels_cpu import release_block_stats
+
+        t = float(spec.noise_scale)
+        block_means, block_var, within = release_block_stats(
+            prev.means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
+            prev._offsets, prev.height, prev.width, prev.channels, 2.0 * t * t,
+        )
+        return lay.g2_from_release_stats(block_means, block_var, within, prev.block_size)
+
+    def _checked(self, frame, spec: PixelizeSpec):
+        if not isinstance(frame, np.ndarray):
+            if self._backend.name == "cuda" and hasattr(frame, "__cuda_array_interface__"):
+                if frame.dtype != np.uint8 or len(frame.shape) != 3 or frame.shape[2] != spec.channels:
+                    raise FrameError("device frames must be HxWxC uint8 with C == spec.channels")
+                return frame
+            raise FrameError(f"frame must be a numpy array (HxWxC uint8), got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            raise FrameError(f"frame dtype is {frame.dtype}; convert to uint8 (0..255) first")
+        if frame.ndim == 2 and spec.channels == 1:
+            frame = frame[:, :, None]
+        if frame.ndim != 3:
+            raise FrameError(f"frame has shape {frame.shape}; expected H x W x {spec.channels}")
+        if frame.shape[2] != spec.channels:
+            raise FrameError(
+                f"frame has {frame.shape[2]} channels but the spec releases {spec.channels}; "
+                f"convert the frame or set channels={frame.shape[2]}"
+            )
+        if frame.shape[0] < 1 or frame.shape[1] < 1:
+            raise FrameError(f"frame has shape {frame.shape}; it must be at least 1x1")
+        if frame.shape[0] > MAX_SIDE or frame.shape[1] > MAX_SIDE:
+            raise FrameError(f"frame has shape {frame.shape}; sides above {MAX_SIDE} pixels are not supported")
+        return np.ascontiguousarray(frame)

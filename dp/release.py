@@ -1,0 +1,179 @@
+"""`Release`: the compact noisy statistics of one frame, and its byte format (privacy.md §5).
+
+Layout of `to_bytes()` (little-endian), version 1::
+
+    b"DPSR" | u8 version | u16 len + camera id (UTF-8) | u64 frame index | f64 capture timestamp (s)
+    | u32 H | u32 W | u8 C | u8 layout mode | u16 S | u8 n + n x u16 candidate sizes | u32 m
+    | f64 eps_layout | f64 eps_pix | u32 n codes + codes (u8, one per macro-block, row-major)
+    | u32 n means + means (u8) | u32 CRC-32 of everything before it
+
+Everything in it is public or noisy: a release holds no raw pixel, sum, score or key.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dp.errors import ReleaseFormatError
+from dp.layout import Grid
+from dp.spec import LAYOUT_MODES, exact_epsilon
+
+MAGIC = b"DPSR"
+FORMAT_VERSION = 1
+_FIXED = struct.Struct("<QdIIBBH")
+_EPS = struct.Struct("<Idd")
+
+
+@dataclass(frozen=True, eq=False)
+class Release:
+    """One frame's release: header fields, one layout code per macro-block, uint8 means.
+
+    Built by `Pixelizer.release`; every consumer (API, re-stream, store, audit) gets this same object or
+    its bytes, never a second noisy draw of the same frame.
+    """
+
+    camera_id: str
+    frame_index: int
+    timestamp_s: float
+    height: int
+    width: int
+    channels: int
+    layout_mode: str
+    block_size: int
+    cell_sizes: tuple[int, ...]
+    m_pixels: int
+    eps_layout: float
+    eps_pix: float
+    layout: np.ndarray  # (n_by, n_bx) uint8 codes into cell_sizes
+    means: np.ndarray  # (n_means,) uint8
+    _offsets: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def eps_spent(self) -> float:
+        """The privacy cost of this release: eps_layout + eps_pix."""
+        return float(exact_epsilon(self.eps_layout) + exact_epsilon(self.eps_pix))
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.height, self.width, self.block_size)
+
+    @property
+    def cell_size_map(self) -> np.ndarray:
+        """Cell size (pixels) of each macro-block."""
+        return np.asarray(self.cell_sizes, dtype=np.int64)[self.layout]
+
+    @property
+    def header(self) -> dict:
+        """The header fields of privacy.md §5, JSON-safe."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "camera_id": self.camera_id,
+            "frame_index": self.frame_index,
+            "timestamp_s": self.timestamp_s,
+            "height": self.height,
+            "width": self.width,
+            "channels": self.channels,
+            "layout_mode": self.layout_mode,
+            "block_size": self.block_size,
+            "cell_sizes": list(self.cell_sizes),
+            "m_pixels": self.m_pixels,
+            "eps_layout": self.eps_layout,
+            "eps_pix": self.eps_pix,
+        }
+
+    def summary(self) -> dict:
+        """Header plus public counts derived from the layout: what an API lists for a release."""
+        sizes, counts = np.unique(self.cell_size_map, return_counts=True)
+        return {
+            **self.header,
+            "eps_spent": self.eps_spent,
+            "n_means": int(self.means.size),
+            "n_bytes": len(self.to_bytes()),
+            "blocks_by_cell_size": {str(int(s)): int(c) for s, c in zip(sizes, counts, strict=True)},
+        }
+
+    def reconstruct(self) -> np.ndarray:
+        """The privatized image: every cell filled with its released mean (HxWxC uint8)."""
+        from dp.kernels_cpu import reconstruct
+
+        out = np.empty((self.height, self.width, self.channels), dtype=np.uint8)
+        reconstruct(self.means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
+                    self._offsets, out)
+        return out
+
+    # --- bytes -----------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        cam = self.camera_id.encode("utf-8")
+        mode = LAYOUT_MODES.index(self.layout_mode)
+        parts = [
+            MAGIC,
+            struct.pack("<BH", FORMAT_VERSION, len(cam)),
+            cam,
+            _FIXED.pack(self.frame_index, self.timestamp_s, self.height, self.width, self.channels, mode,
+                        self.block_size),
+            struct.pack(f"<B{len(self.cell_sizes)}H", len(self.cell_sizes), *self.cell_sizes),
+            _EPS.pack(self.m_pixels, self.eps_layout, self.eps_pix),
+            struct.pack("<I", self.layout.size),
+            np.ascontiguousarray(self.layout, dtype=np.uint8).tobytes(),
+            struct.pack("<I", self.means.size),
+            np.ascontiguousarray(self.means, dtype=np.uint8).tobytes(),
+        ]
+        body = b"".join(parts)
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Release:
+        """Parse and fully check a release; `ReleaseFormatError` says what is wrong."""
+        data = bytes(data)
+        if len(data) < 4 or data[:4] != MAGIC:
+            raise ReleaseFormatError("not a dpstream release (missing the DPSR magic bytes)")
+        if len(data) < 11:
+            raise ReleaseFormatError(f"release truncated: {len(data)} bytes")
+        body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+        if zlib.crc32(body) != crc:
+            raise ReleaseFormatError("release checksum mismatch: the bytes are truncated or corrupted")
+        try:
+            return cls._parse(body)
+        except (struct.error, UnicodeDecodeError, IndexError) as exc:
+            raise ReleaseFormatError(f"malformed release: {exc}") from None
+
+    @classmethod
+    def _parse(cls, body: bytes) -> Release:
+        version, cam_len = struct.unpack_from("<BH", body, 4)
+        if version != FORMAT_VERSION:
+            raise ReleaseFormatError(f"release format version {version} is not supported (this is {FORMAT_VERSION})")
+        pos = 7
+        camera_id = body[pos:pos + cam_len].decode("utf-8")
+        pos += cam_len
+        frame_index, ts, height, width, channels, mode, block = _FIXED.unpack_from(body, pos)
+        pos += _FIXED.size
+        (n_sizes,) = struct.unpack_from("<B", body, pos)
+        sizes = struct.unpack_from(f"<{n_sizes}H", body, pos + 1)
+        pos += 1 + 2 * n_sizes
+        m_pixels, eps_layout, eps_pix = _EPS.unpack_from(body, pos)
+        pos += _EPS.size
+        if channels not in (1, 3) or mode >= len(LAYOUT_MODES) or not sizes or block < 1 or height < 1 or width < 1:
+            raise ReleaseFormatError("release header holds impossible values")
+        grid = Grid(height, width, block)
+        (n_codes,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if n_codes != grid.shape[0] * grid.shape[1]:
+            raise ReleaseFormatError(f"release has {n_codes} layout codes, its grid needs {grid.shape}")
+        layout = np.frombuffer(body, dtype=np.uint8, count=n_codes, offset=pos).reshape(grid.shape).copy()
+        pos += n_codes
+        if layout.size and int(layout.max()) >= n_sizes:
+            raise ReleaseFormatError("release layout code out of range")
+        sizes_arr = np.asarray(sizes, dtype=np.int64)
+        offsets, n_expected = grid.cell_offsets(layout, sizes_arr, channels)
+        (n_means,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if n_means != n_expected or len(body) != pos + n_means:
+            raise ReleaseFormatError(f"release has {n_means} means and {len(body) - pos} bytes; its layout needs {n_expected}")
+        means = np.frombuffer(body, dtype=np.uint8, count=n_means, offset=pos).copy()
+        return cls(camera_id, int(frame_index), float(ts), int(height), int(width), int(channels),
+                   LAYOUT_MODES[mode], int(block), tuple(int(s) for s in sizes), int(m_pixels),
+                   float(eps_layout), float(eps_pix), layout, means, offsets)

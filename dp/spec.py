@@ -1,0 +1,203 @@
+"""`PixelizeSpec`: what one release does and what it costs.
+
+The spec owns its privacy map (style.md, after OpenDP): `sensitivity_l1`, `noise_scale`, `eps_frame` sit
+beside the settings they follow from, and every bad value is refused when the spec is built, before any
+frame flows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+
+from dp.errors import ConfigError
+
+LayoutMode = Literal["fixed", "map", "previous", "private"]
+LAYOUT_MODES: tuple[str, ...] = ("fixed", "map", "previous", "private")
+DEFAULT_CELL_SIZES: tuple[int, ...] = (4, 8, 16, 32)
+
+
+def exact_epsilon(eps: float) -> Fraction:
+    """The decimal number the operator wrote (`0.1` is 1/10, not the binary float nearest to it).
+
+    Noise scales and the ledger both use this exact value, so a budget of 0.3 holds exactly three
+    releases of 0.1, and the noise is calibrated to that same 1/10.
+    """
+    return Fraction(repr(float(eps)))
+
+
+def _check_eps(name: str, value: float, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number; give a positive epsilon such as 1.0") from None
+    if not math.isfinite(v):
+        raise ConfigError(f"{name}={value!r} is not finite; give a positive epsilon such as 1.0")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"{name}={value!r} must be > 0; give a positive epsilon such as 1.0")
+    if v > 1e4:
+        raise ConfigError(f"{name}={value!r} is too large to mean anything; use at most 1e4")
+    return v
+
+
+def _check_int(name: str, value: object, *, lo: int, hi: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"{name}={value!r} must be an integer; {hint}")
+    v = int(value)
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name}={v} is out of range [{lo}, {hi}]; {hint}")
+    return v
+
+
+@dataclass(frozen=True)
+class PixelizeSpec:
+    """One camera's release settings and their privacy map.
+
+    Each release of one frame is `eps_frame`-differentially private (`eps_frame = eps_layout + eps_pix`)
+    for frames that differ in at most `m_pixels` pixel positions.
+
+    Usage::
+
+        PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="fixed", cell_size=16)
+        PixelizeSpec(eps_pix=1.0, m_pixels=16, layout="private", eps_layout=0.1)
+
+    `m_pixels` is a threat-model setting (the largest thing protected, in pixels at the camera's working
+    distance), not a quality knob. `layout_map` (map mode) holds one cell size per macro-block, row-major,
+    shape `(ceil(H / block_size), ceil(W / block_size))`. In `fixed` mode the macro-block *is* the cell
+    (`block_size` becomes `cell_size`), so any cell size works and cells are stored in raster order.
+    `gradient_clip` (G) and `detail_gain` are public constants of the adaptive rule (privacy.md §3).
+    """
+
+    eps_pix: float
+    m_pixels: int = 16
+    channels: int = 3
+    layout: LayoutMode = "fixed"
+    cell_size: int = 16
+    cell_sizes: tuple[int, ...] = DEFAULT_CELL_SIZES
+    block_size: int = 32
+    eps_layout: float = 0.0
+    layout_map: tuple[tuple[int, ...], ...] | None = field(default=None)
+    gradient_clip: int = 32
+    detail_gain: float = 0.25
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "eps_pix", _check_eps("eps_pix", self.eps_pix))
+        set_(self, "m_pixels", _check_int("m_pixels", self.m_pixels, lo=1, hi=1 << 20,
+                                          hint="m_pixels is the number of pixel positions protected, >= 1"))
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ConfigError(f"channels={self.channels!r} must be 1 (grey) or 3 (RGB)")
+        set_(self, "channels", int(self.channels))
+        if self.layout not in LAYOUT_MODES:
+            raise ConfigError(f"layout={self.layout!r} is unknown; use one of {', '.join(LAYOUT_MODES)}")
+        set_(self, "eps_layout", _check_eps("eps_layout", self.eps_layout, allow_zero=True))
+        if self.layout == "private" and self.eps_layout == 0:
+            raise ConfigError("layout='private' needs eps_layout > 0 (the budget spent on choosing the layout)")
+        if self.layout != "private" and self.eps_layout != 0:
+            raise ConfigError(
+                f"eps_layout={self.eps_layout} is only spent by layout='private'; set it to 0 for "
+                f"layout={self.layout!r}"
+            )
+        set_(self, "cell_size", _check_int("cell_size", self.cell_size, lo=1, hi=1024,
+                                           hint="use a cell side in pixels such as 16"))
+        set_(self, "gradient_clip", _check_int("gradient_clip", self.gradient_clip, lo=1, hi=255,
+                                               hint="G clips neighbour differences, 1..255"))
+        gain = float(self.detail_gain)
+        if not (math.isfinite(gain) and gain > 0):
+            raise ConfigError(f"detail_gain={self.detail_gain!r} must be a positive finite number")
+        set_(self, "detail_gain", gain)
+
+        if self.layout == "fixed":
+            # The macro-block is the cell: any size works and the order is plain raster order.
+            set_(self, "block_size", self.cell_size)
+            set_(self, "cell_sizes", (self.cell_size,))
+        else:
+            set_(self, "block_size", _check_int("block_size", self.block_size, lo=1, hi=256,
+                                                hint="use a macro-block side such as 32"))
+            try:
+                sizes = tuple(sorted({int(s) for s in self.cell_sizes}))
+            except (TypeError, ValueError):
+                raise ConfigError(f"cell_sizes={self.cell_sizes!r} must be integers such as (4, 8, 16, 32)") from None
+            if not sizes or len(sizes) > 16:
+                raise ConfigError(f"cell_sizes={self.cell_sizes!r} must list 1 to 16 sizes")
+            bad = [s for s in sizes if s < 1 or self.block_size % s]
+            if bad:
+                raise ConfigError(
+                    f"cell_sizes {bad} do not divide block_size={self.block_size}; every candidate cell size "
+                    f"must divide the macro-block (for block_size 32 use sizes from 1, 2, 4, 8, 16, 32)"
+                )
+            set_(self, "cell_sizes", sizes)
+            if self.cell_size not in sizes:
+                raise ConfigError(
+                    f"cell_size={self.cell_size} (the starting layout) must be one of cell_sizes={sizes}"
+                )
+        if self.layout == "map":
+            if self.layout_map is None:
+                raise ConfigError("layout='map' needs layout_map: one cell size per macro-block")
+            try:
+                arr = np.asarray(self.layout_map)
+            except (TypeError, ValueError):
+                raise ConfigError("layout_map must be a rectangular 2-D grid of cell sizes") from None
+            if arr.ndim != 2 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+                raise ConfigError(
+                    f"layout_map must be a non-empty 2-D grid of integer cell sizes, got shape {arr.shape}"
+                )
+            unknown = sorted(set(np.unique(arr).tolist()) - set(self.cell_sizes))
+            if unknown:
+                raise ConfigError(f"layout_map holds cell sizes {unknown} not in cell_sizes={self.cell_sizes}")
+            set_(self, "layout_map", tuple(tuple(int(v) for v in row) for row in arr))
+        elif self.layout_map is not None:
+            raise ConfigError(f"layout_map is only used by layout='map', not {self.layout!r}")
+
+    # --- the privacy map -------------------------------------------------------------------------
+    @property
+    def sensitivity_l1(self) -> int:
+        # one changed pixel position moves one cell's C sums by <= 255 each, whatever the layout
+        return 255 * self.m_pixels * self.channels
+
+    @property
+    def noise_scale(self) -> Decimal:
+        """t = sensitivity / eps_pix of the discrete Laplace noise on every cell sum, exactly."""
+        return _decimal(Fraction(self.sensitivity_l1) / exact_epsilon(self.eps_pix))
+
+    @property
+    def layout_sensitivity_l1(self) -> int:
+        # a pixel sits in at most 4 adjacent pairs, each over C channels, each term clipped at G
+        return 4 * self.m_pixels * self.channels * self.gradient_clip
+
+    @property
+    def layout_noise_scale(self) -> Decimal:
+        """Scale of the discrete Laplace noise on each block's integer complexity numerator."""
+        if self.eps_layout == 0:
+            raise ConfigError("layout_noise_scale only exists for layout='private'")
+        return _decimal(Fraction(self.layout_sensitivity_l1) / exact_epsilon(self.eps_layout))
+
+    @property
+    def eps_frame(self) -> float:
+        """What one release costs: eps_layout + eps_pix."""
+        return float(self.eps_frame_exact)
+
+    @property
+    def eps_frame_exact(self) -> Fraction:
+        return exact_epsilon(self.eps_pix) + exact_epsilon(self.eps_layout)
+
+    def replace(self, **changes: object) -> PixelizeSpec:
+        """A validated copy with some settings changed (for live configuration)."""
+        current = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        if current["layout"] == "fixed" and "layout" in changes and changes["layout"] != "fixed":
+            current["block_size"], current["cell_sizes"] = 32, DEFAULT_CELL_SIZES
+        current.update(changes)
+        return PixelizeSpec(**current)  # type: ignore[arg-type]
+
+
+def _decimal(x: Fraction) -> Decimal:
+    from decimal import localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return Decimal(x.numerator) / Decimal(x.denominator)

@@ -1,0 +1,1 @@
+"""dpstream service package."""

@@ -1,0 +1,55 @@
+"""One decoded video frame as it leaves the ingest pipeline (raw: it never leaves ``streams/`` or ``dp``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ITU-R BT.601 luma weights in 1/256 units, the same integer rule GStreamer's videoconvert uses for GRAY8.
+_LUMA_WEIGHTS = np.array([77, 150, 29], dtype=np.uint32)
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """A decoded frame: ``array`` is HxWxC uint8 (C=3 RGB or C=1 grey), read-only, C-contiguous.
+
+    ``index`` counts frames from 0 in delivery order. ``timestamp_s`` is the capture time: Unix epoch
+    seconds for live sources (RTSP, live test patterns, anything run by :class:`streams.worker.CameraWorker`),
+    and the position in the media (seconds from its start) when a file or a non-live test pattern is read as
+    fast as possible by :func:`streams.iter_frames`. ``pts_s`` is always the media position.
+    """
+
+    index: int
+    timestamp_s: float
+    array: np.ndarray
+    pts_s: float = 0.0
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[2])
+
+    def gray(self) -> np.ndarray:
+        """The frame as HxWx1 uint8 luma (BT.601, integer rounding); returns ``array`` itself if already grey.
+
+        Asking :func:`streams.iter_frames` for ``channels=1`` is cheaper: GStreamer then delivers the decoder's
+        Y plane directly, in the stream's own range (video range 16..235 for most H.264), not full range.
+        """
+        if self.channels == 1:
+            return self.array
+        luma = (self.array.astype(np.uint32) @ _LUMA_WEIGHTS + 128) >> 8
+        return luma.astype(np.uint8)[:, :, None]
+
+    def __repr__(self) -> str:  # never print pixel data
+        return (
+            f"Frame(index={self.index}, timestamp_s={self.timestamp_s:.3f}, "
+            f"shape={self.height}x{self.width}x{self.channels})"
+        )

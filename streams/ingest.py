@@ -1,0 +1,351 @@
+"""Decode a source into :class:`Frame` objects: one GStreamer pipeline ending in an appsink.
+
+:class:`FrameSource` owns one pipeline (``source ! decodebin ! videoconvert ! appsink``). It works in two
+modes:
+
+* pull mode (``on_frame=None``): :meth:`FrameSource.pull` returns the next frame; used by :func:`iter_frames`.
+* push mode (``on_frame=callable``): the appsink's streaming thread calls ``on_frame(frame)`` for every
+  frame; used by :class:`streams.worker.CameraWorker`, which owns the bounded queue.
+
+Bus messages are not handled by a GLib main loop: the owner polls :meth:`FrameSource.poll_bus`, which
+turns errors into :class:`BusEvent` objects with a redacted reason and a verdict (retry or give up).
+
+:func:`iter_frames` is the simple entry point for scripts and the ``dpstream pixelize`` command::
+
+    for frame in iter_frames("rtsp://cam.local/stream", max_frames=300):
+        release = pixelizer.release(frame.array, camera_id="cam", frame_index=frame.index,
+                                    timestamp_s=frame.timestamp_s)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dp.errors import ConfigError, IngestError
+
+from .frame import Frame
+from .gst import Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
+from .redact import redact_text, url_secrets
+from .sources import TRANSPORTS, SourceSpec, decode_description, parse_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BusEvent", "FrameSource", "iter_frames"]
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """Something the pipeline reported. ``kind``: ``"error"`` | ``"eos"`` | ``"warning"`` | ``"playing"``.
+
+    ``fatal`` is True for errors that retrying will not fix (malformed or unknown location, refused
+    credentials, unsupported codec, missing plugin). ``reason`` is redacted and safe to publish.
+    """
+
+    kind: str
+    reason: str = ""
+    fatal: bool = False
+
+
+def _classify_error(err, debug: str | None, secrets: tuple[str, ...]) -> BusEvent:
+    message = err.message or "unknown GStreamer error"
+    detail = ""
+    if debug:
+        # The last debug line carries the useful cause ("Failed to connect. (Connection refused)").
+        detail = debug.strip().splitlines()[-1].strip()[:200]
+    fatal = False
+    hint = ""
+    if err.matches(Gst.CoreError.quark(), Gst.CoreError.MISSING_PLUGIN) or any(
+        err.matches(Gst.StreamError.quark(), code)
+        for code in (
+            Gst.StreamError.CODEC_NOT_FOUND,
+            Gst.StreamError.TYPE_NOT_FOUND,
+            Gst.StreamError.WRONG_TYPE,
+        )
+    ):
+        fatal, hint = True, "unsupported codec or container"
+    elif err.matches(Gst.ResourceError.quark(), Gst.ResourceError.NOT_AUTHORIZED):
+        fatal, hint = True, "credentials refused"
+    elif err.matches(Gst.ResourceError.quark(), Gst.ResourceError.NOT_FOUND):
+        fatal, hint = True, "stream not found"
+    reason = message if not detail or detail in message else f"{message} ({detail})"
+    if hint:
+        reason = f"{hint}: {reason}"
+    return BusEvent(kind="error", reason=redact_text(reason, *secrets), fatal=fatal)
+
+
+def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarray:
+    structure = caps.get_structure(0)
+    width = structure.get_value("width")
+    height = structure.get_value("height")
+    meta = GstVideo.buffer_get_video_meta(buf)
+    if meta is not None:
+        stride, offset = int(meta.stride[0]), int(meta.offset[0])
+    else:
+        # GStreamer's default packing: rows aligned to 4 bytes.
+        stride, offset = (width * channels + 3) & ~3, 0
+    data = buf.extract_dup(0, buf.get_size())  # one copy out of GStreamer's memory; read-only bytes
+    flat = np.frombuffer(data, dtype=np.uint8)
+    row_bytes = width * channels
+    if stride == row_bytes and offset == 0:
+        return flat[: height * row_bytes].reshape(height, width, channels)
+    rows = np.lib.stride_tricks.as_strided(flat[offset:], shape=(height, row_bytes), strides=(stride, 1))
+    out = np.ascontiguousarray(rows).reshape(height, width, channels)
+    out.flags.writeable = False
+    return out
+
+
+class FrameSource:
+    """One decoding pipeline for one source URI.
+
+    Args:
+        uri: ``rtsp://``/``rtsps://`` URL, video file path or ``test:<pattern>[?width=&height=&fps=&live=]``.
+        channels: 3 for RGB, 1 for grey (GStreamer delivers luma directly, no RGB round trip).
+        transport: ``"tcp"`` or ``"udp"`` for RTSP.
+        latency_ms: RTSP jitter-buffer latency.
+        realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
+            become wall-clock capture times. RTSP is always live.
+        on_frame: push mode callback, called from a GStreamer streaming thread; must not block.
+        convert_threads: threads for videoconvert (0 = one per CPU).
+        tcp_timeout_s: RTSP connection timeout.
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike,
+        *,
+        channels: int = 3,
+        transport: str = "tcp",
+        latency_ms: int = 100,
+        realtime: bool = False,
+        on_frame: Callable[[Frame], None] | None = None,
+        convert_threads: int = 0,
+        tcp_timeout_s: float = 10.0,
+        max_buffers: int = 4,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"transport={transport!r}: use 'tcp' or 'udp'")
+        if latency_ms < 0:
+            raise ConfigError(f"latency_ms={latency_ms!r} must be >= 0")
+        ensure_init()
+        self.spec: SourceSpec = parse_source(uri)
+        self.channels = channels
+        self._secrets = url_secrets(uri) if self.spec.kind == "rtsp" else ()
+        self._on_frame = on_frame
+        self._wall_clock = self.spec.is_live or realtime
+        threads = convert_threads or (os.cpu_count() or 1)
+        self.pipeline = parse_pipeline(
+            decode_description(self.spec, channels=channels, convert_threads=threads)
+        )
+        src = self.pipeline.get_by_name("src")
+        if self.spec.kind == "rtsp":
+            src.set_property("location", self.spec.location)
+            src.set_property("protocols", TRANSPORTS[transport])
+            src.set_property("latency", int(latency_ms))
+            src.set_property("tcp-timeout", int(tcp_timeout_s * 1_000_000))
+            # UDP: if no packet arrives in this time rtspsrc retries over TCP; keep it short.
+            src.set_property("timeout", int(min(tcp_timeout_s, 5.0) * 1_000_000))
+        elif self.spec.kind == "file":
+            src.set_property("location", self.spec.location)
+        self.sink = self.pipeline.get_by_name("sink")
+        self.sink.set_property("sync", bool(realtime and self.spec.kind != "rtsp"))
+        self.sink.set_property("max-buffers", max_buffers)
+        self.sink.set_property("drop", False)
+        self.sink.set_property("enable-last-sample", False)
+        if on_frame is not None:
+            self.sink.set_property("emit-signals", True)
+            self.sink.connect("new-sample", self._on_new_sample)
+        self._index = 0
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self.last_caps: tuple[int, int] | None = None  # (width, height) of the last frame
+
+    @property
+    def display(self) -> str:
+        """The source URI with credentials redacted: safe to log."""
+        return self.spec.display
+
+    def start(self) -> None:
+        """Set the pipeline to PLAYING (asynchronous: errors arrive on the bus)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        log.debug("starting source %s", self.display)
+        set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"source {self.display!r}")
+
+    def stop(self) -> None:
+        """Set the pipeline to NULL and wait for it. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        shutdown_pipeline(self.pipeline)
+        log.debug("stopped source %s", self.display)
+
+    def _sample_to_frame(self, sample: Gst.Sample) -> Frame:
+        buf = sample.get_buffer()
+        caps = sample.get_caps()
+        array = _buffer_to_array(buf, caps, self.channels)
+        self.last_caps = (array.shape[1], array.shape[0])
+        pts_s = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else 0.0
+        timestamp_s = self._capture_time_s(sample, buf) if self._wall_clock else pts_s
+        index = self._index
+        self._index += 1
+        return Frame(index=index, timestamp_s=timestamp_s, array=array, pts_s=pts_s)
+
+    def _capture_time_s(self, sample: Gst.Sample, buf: Gst.Buffer) -> float:
+        """Wall-clock time at which the buffer was captured, from its running time on the pipeline clock."""
+        now_wall = time.time()
+        clock = self.pipeline.get_clock()
+        if clock is None or buf.pts == Gst.CLOCK_TIME_NONE:
+            return now_wall
+        segment = sample.get_segment()
+        running = segment.to_running_time(Gst.Format.TIME, buf.pts)
+        if running == Gst.CLOCK_TIME_NONE or running < 0:
+            return now_wall
+        age_ns = clock.get_time() - (self.pipeline.get_base_time() + running)
+        # A buffer cannot come from the future; a negative age is clock jitter at the source.
+        return now_wall - max(age_ns, 0) / Gst.SECOND
+
+    def _on_new_sample(self, sink) -> Gst.FlowReturn:
+        sample = sink.pull_sample()
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        try:
+            self._on_frame(self._sample_to_frame(sample))
+        except Exception:  # never raise into a streaming thread: the pipeline would hang
+            log.exception("frame callback failed for source %s", self.display)
+        return Gst.FlowReturn.OK
+
+    def pull(self, timeout_s: float) -> Frame | None:
+        """Pull mode: the next frame, or None when none arrived within ``timeout_s`` or at end of stream."""
+        sample = self.sink.try_pull_sample(int(timeout_s * Gst.SECOND))
+        if sample is None:
+            return None
+        return self._sample_to_frame(sample)
+
+    def at_eos(self) -> bool:
+        """True once the appsink has seen end-of-stream and every frame was pulled."""
+        return bool(self.sink.is_eos())
+
+    def poll_bus(self, timeout_s: float = 0.0) -> BusEvent | None:
+        """The next error, end-of-stream, warning or pipeline-PLAYING message, or None after ``timeout_s``."""
+        bus = self.pipeline.get_bus()
+        mask = (
+            Gst.MessageType.ERROR
+            | Gst.MessageType.EOS
+            | Gst.MessageType.WARNING
+            | Gst.MessageType.STATE_CHANGED
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            msg = bus.timed_pop_filtered(int(remaining * Gst.SECOND), mask)
+            if msg is None:
+                return None
+            if msg.type == Gst.MessageType.ERROR:
+                err, debug = msg.parse_error()
+                return _classify_error(err, debug, self._secrets)
+            if msg.type == Gst.MessageType.EOS:
+                return BusEvent(kind="eos", reason="end of stream")
+            if msg.type == Gst.MessageType.WARNING:
+                warn, _debug = msg.parse_warning()
+                return BusEvent(kind="warning", reason=redact_text(warn.message or "", *self._secrets))
+            if msg.type == Gst.MessageType.STATE_CHANGED and msg.src == self.pipeline:
+                _old, new, _pending = msg.parse_state_changed()
+                if new == Gst.State.PLAYING:
+                    return BusEvent(kind="playing")
+
+    def __enter__(self) -> FrameSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def iter_frames(
+    uri: str | os.PathLike,
+    *,
+    max_frames: int | None = None,
+    duration_s: float | None = None,
+    channels: int = 3,
+    transport: str = "tcp",
+    latency_ms: int = 100,
+    realtime: bool = False,
+    first_frame_timeout_s: float = 20.0,
+    stall_timeout_s: float = 10.0,
+) -> Iterator[Frame]:
+    """Yield decoded frames of ``uri`` until it ends, ``max_frames`` were yielded or ``duration_s`` passed.
+
+    ``uri``: a video file path (or ``file://``), ``test:<pattern>[?width=W&height=H&fps=F&live=1]`` or an
+    ``rtsp://``/``rtsps://`` URL. Files and non-live test patterns decode as fast as possible and carry media
+    timestamps (seconds from the start); RTSP and live patterns carry wall-clock capture times.
+    ``duration_s`` counts media time for files and test patterns and wall time for live sources. A test
+    pattern never ends on its own: give ``max_frames`` or ``duration_s``.
+
+    Every frame is an HxWx3 RGB (or HxWx1 grey with ``channels=1``) read-only uint8 array. Raises
+    :class:`dp.ConfigError` for a malformed URI and :class:`dp.IngestError` when the source cannot be opened,
+    fails while decoding, or delivers nothing for ``stall_timeout_s`` (``first_frame_timeout_s`` for the
+    first frame). The pipeline is back in NULL when the generator is exhausted or closed.
+    """
+    if max_frames is not None and max_frames < 0:
+        raise ConfigError(f"max_frames={max_frames!r} must be >= 0")
+    if duration_s is not None and duration_s <= 0:
+        raise ConfigError(f"duration_s={duration_s!r} must be > 0")
+    source = FrameSource(
+        uri, channels=channels, transport=transport, latency_ms=latency_ms, realtime=realtime
+    )
+    if source.spec.kind == "test" and max_frames is None and duration_s is None:
+        raise ConfigError(
+            f"source {source.display!r}: a test pattern never ends; give max_frames or duration_s"
+        )
+    if max_frames == 0:
+        return
+    yielded = 0
+    started_wall = time.monotonic()
+    first_ts: float | None = None
+    try:
+        source.start()
+        last_frame_at = time.monotonic()
+        while True:
+            frame = source.pull(0.05)
+            if frame is None:
+                event = source.poll_bus(0.0)
+                while event is not None and event.kind in ("warning", "playing"):
+                    if event.kind == "warning":
+                        log.warning("source %s: %s", source.display, event.reason)
+                    event = source.poll_bus(0.0)
+                if event is not None and event.kind == "error":
+                    raise IngestError(f"source {source.display!r}: {event.reason}")
+                if (event is not None and event.kind == "eos") or source.at_eos():
+                    return
+                limit = first_frame_timeout_s if yielded == 0 else stall_timeout_s
+                if time.monotonic() - last_frame_at > limit:
+                    raise IngestError(f"source {source.display!r}: no frame for {limit:.0f} s")
+                continue
+            last_frame_at = time.monotonic()
+            if duration_s is not None:
+                if source.spec.is_live or realtime:
+                    elapsed = time.monotonic() - started_wall
+                else:
+                    first_ts = frame.pts_s if first_ts is None else first_ts
+                    elapsed = frame.pts_s - first_ts
+                if elapsed >= duration_s:
+                    return
+            yield frame
+            yielded += 1
+            if max_frames is not None and yielded >= max_frames:
+                return
+    finally:
+        source.stop()

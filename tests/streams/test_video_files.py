@@ -1,0 +1,145 @@
+"""Video in (iter_frames) and out (H264Mp4Writer, make_test_clip) on real GStreamer pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dp.errors import ConfigError, IngestError
+from streams import EncoderSettings, H264Mp4Writer, iter_frames, make_test_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    return make_test_clip(tmp_path_factory.mktemp("clip") / "ball.mp4", 320, 240, frames=30, fps=30)
+
+
+def test_file_yields_every_frame_as_read_only_rgb(clip):
+    frames = list(iter_frames(clip))
+    assert len(frames) == 30
+    assert [f.index for f in frames] == list(range(30))
+    for f in frames:
+        assert f.array.shape == (240, 320, 3) and f.array.dtype == np.uint8
+        assert not f.array.flags.writeable
+    stamps = [f.timestamp_s for f in frames]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] == pytest.approx(29 / 30, abs=1e-3)
+
+
+def test_max_frames_and_duration_stop_early(clip):
+    assert len(list(iter_frames(clip, max_frames=7))) == 7
+    assert list(iter_frames(clip, max_frames=0)) == []
+    # 0.5 s of media at 30 fps
+    assert len(list(iter_frames(clip, duration_s=0.5))) == 15
+
+
+def test_test_pattern_has_requested_size_and_moving_content():
+    frames = list(iter_frames("test:ball?width=160&height=120&fps=15", max_frames=4))
+    assert all(f.array.shape == (120, 160, 3) for f in frames)
+    assert all(not np.array_equal(a.array, b.array) for a, b in zip(frames, frames[1:], strict=False))
+    scrolled = list(iter_frames("test:smpte?width=64&height=48", max_frames=2))
+    assert not np.array_equal(scrolled[0].array, scrolled[1].array)
+
+
+def test_grey_frames_match_luma_of_rgb_frames(clip):
+    rgb = next(iter(iter_frames(clip, max_frames=1)))
+    grey = next(iter(iter_frames(clip, channels=1, max_frames=1)))
+    assert grey.array.shape == (240, 320, 1)
+    # channels=1 is the decoder's Y plane in video range (16..235); Frame.gray() is full-range luma of RGB.
+    expected = 16 + rgb.gray().astype(float) * 219 / 255
+    assert np.abs(expected - grey.array).mean() < 2
+
+
+def test_rows_whose_length_is_not_a_multiple_of_four_are_unpadded(tmp_path):
+    # 322 * 3 = 966 bytes per row: GStreamer pads rows to 968; frames must come out 322 wide and aligned.
+    frames = list(iter_frames("test:smpte?width=322&height=240", max_frames=3))
+    assert frames[0].array.shape == (240, 322, 3) and frames[0].array.flags["C_CONTIGUOUS"]
+    out = tmp_path / "odd.mp4"
+    with H264Mp4Writer(out, 322, 240, 30, encoder=EncoderSettings(quality=10)) as writer:
+        for f in frames:
+            writer.write(f.array)
+    back = list(iter_frames(out))
+    assert len(back) == 3 and back[0].array.shape == (240, 322, 3)
+    err = np.abs(back[0].array.astype(int) - frames[0].array.astype(int)).mean()
+    assert err < 6  # lossy, but the same picture: a shifted row would give tens of levels
+
+
+def test_writer_round_trip_keeps_blocky_privatized_frames(tmp_path):
+    rng = np.random.default_rng(1)
+    # 16x16 flat cells, like a reconstructed release
+    cells = rng.integers(0, 256, size=(15, 20, 3), dtype=np.uint8)
+    frame = np.repeat(np.repeat(cells, 16, axis=0), 16, axis=1)
+    out = tmp_path / "blocks.mp4"
+    with H264Mp4Writer(out, 320, 240, 25) as writer:
+        for _ in range(10):
+            writer.write(frame)
+    assert writer.frames_written == 10
+    back = list(iter_frames(out))
+    assert len(back) == 10
+    assert np.abs(back[-1].array.astype(int) - frame.astype(int)).mean() < 8
+
+
+def test_grey_writer_accepts_two_dimensional_frames(tmp_path):
+    out = tmp_path / "grey.mp4"
+    with H264Mp4Writer(out, 64, 48, 10, channels=1) as writer:
+        writer.write(np.full((48, 64), 128, np.uint8))
+        writer.write(np.full((48, 64, 1), 128, np.uint8))
+    back = list(iter_frames(out, channels=1))
+    assert len(back) == 2 and abs(int(back[0].array.mean()) - 128) <= 2
+
+
+def test_writer_rejects_frames_of_the_wrong_shape_or_dtype(tmp_path):
+    with H264Mp4Writer(tmp_path / "x.mp4", 64, 48, 10) as writer:
+        with pytest.raises(ConfigError, match="expected uint8"):
+            writer.write(np.zeros((48, 64, 3), np.float32))
+        with pytest.raises(ConfigError):
+            writer.write(np.zeros((50, 64, 3), np.uint8))
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_writer_refuses_odd_sizes_and_missing_directories(tmp_path):
+    with pytest.raises(ConfigError, match="even"):
+        H264Mp4Writer(tmp_path / "x.mp4", 63, 48, 10)
+    with pytest.raises(ConfigError, match="does not exist"):
+        H264Mp4Writer(tmp_path / "nope" / "x.mp4", 64, 48, 10)
+
+
+def test_encoder_settings_validate_and_describe_rate_control():
+    assert "pass=cbr bitrate=2000" in EncoderSettings(bitrate_kbps=2000).x264_description()
+    assert "quantizer=30" in EncoderSettings(quality=30).x264_description()
+    with pytest.raises(ConfigError):
+        EncoderSettings(speed_preset="warp")
+    with pytest.raises(ConfigError):
+        EncoderSettings(quality=99)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "",
+        "http://example.com/x.mp4",
+        "rtsp://",
+        "rtsp://host:notaport/x",
+        "test:nonsense",
+        "test:ball?depth=3",
+    ],
+)
+def test_malformed_sources_are_config_errors(uri):
+    with pytest.raises(ConfigError):
+        list(iter_frames(uri, max_frames=1))
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such video file"):
+        list(iter_frames(str(tmp_path / "missing.mp4")))
+
+
+def test_file_that_is_not_video_is_an_ingest_error(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(IngestError):
+        list(iter_frames(str(junk)))
+
+
+def test_endless_test_pattern_needs_a_limit():
+    with pytest.raises(ConfigError, match="never ends"):
+        list(iter_frames("test:ball"))

@@ -1,0 +1,119 @@
+"""Cameras: CRUD with live configuration, status and budget."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
+from pydantic import ValidationError
+
+from dp.errors import ConfigError
+from service.api.deps import AUTH_ERRORS, NOT_FOUND, StoreDep, _err, require_admin, require_read
+from service.budget import budget_of
+from service.models import (
+    SLUG_PATTERN,
+    Budget,
+    Camera,
+    CameraCreate,
+    CameraPatch,
+    CameraStatus,
+    camera_config_error,
+    new_camera_id,
+)
+
+log = logging.getLogger("dpstream.api")
+router = APIRouter(prefix="/api/v1/cameras", tags=["cameras"])
+CameraId = Annotated[str, Path(pattern=SLUG_PATTERN, description="Camera slug.")]
+INVALID = {422: {"description": "Invalid configuration: `detail[].loc` names the field, `msg` the reason."}}
+
+
+def validated(camera: Camera) -> Camera:
+    """Run dp's own validation of the spec; a refusal is a 422 naming the field."""
+    try:
+        camera.to_spec()
+    except ConfigError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [camera_config_error(err)]) from None
+    return camera
+
+
+async def existing(store: StoreDep, camera_id: str) -> Camera:
+    cam = await store.get_camera(camera_id)
+    if cam is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"camera {camera_id!r} does not exist")
+    return cam
+
+
+@router.post("", status_code=201, response_model=Camera, dependencies=[Depends(require_admin)],
+             responses={**AUTH_ERRORS, **INVALID, 409: _err("A camera with this id exists.")})
+async def create_camera(body: CameraCreate, store: StoreDep) -> Camera:
+    """Add a camera. A worker picks it up within one heartbeat."""
+    cam = validated(Camera.model_validate({**body.model_dump(), "id": body.id or new_camera_id(), "version": 1}))
+    if not await store.create_camera(cam):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"camera {cam.id!r} exists; PATCH it or pick another id")
+    log.info("camera created camera_id=%s layout=%s eps_pix=%s", cam.id, cam.layout, cam.eps_pix)
+    return cam.public()
+
+
+@router.get("", response_model=list[Camera], dependencies=[Depends(require_read)], responses=AUTH_ERRORS)
+async def list_cameras(store: StoreDep) -> list[Camera]:
+    return [c.public() for c in await store.list_cameras()]
+
+
+@router.get("/{camera_id}", response_model=Camera, dependencies=[Depends(require_read)],
+            responses={**AUTH_ERRORS, **NOT_FOUND})
+async def get_camera(camera_id: CameraId, store: StoreDep) -> Camera:
+    return (await existing(store, camera_id)).public()
+
+
+@router.patch("/{camera_id}", response_model=Camera, dependencies=[Depends(require_admin)],
+              responses={**AUTH_ERRORS, **NOT_FOUND, **INVALID,
+                         409: _err("The camera changed concurrently; retry.")})
+async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) -> Camera:  # type: ignore[valid-type]
+    """Change settings live: the owning worker applies them at its next release."""
+    current = await existing(store, camera_id)
+    changes = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+    # null means "back to default" only where null is meaningful; elsewhere it means "unchanged"
+    nullable = {"layout_map", "retention_s"}
+    changes = {k: v for k, v in changes.items() if v is not None or k in nullable}
+    merged = {**current.model_dump(), **changes, "version": current.version + 1}
+    try:
+        cam = Camera.model_validate(merged)
+    except ValidationError as err:
+        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
+    validated(cam)
+    if not await store.replace_camera(cam, current.version):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera_id!r} changed meanwhile; retry")
+    log.info("camera updated camera_id=%s version=%s fields=%s", cam.id, cam.version, sorted(changes))
+    return cam.public()
+
+
+@router.delete("/{camera_id}", status_code=204, response_class=Response,
+               dependencies=[Depends(require_admin)], responses={**AUTH_ERRORS, **NOT_FOUND})
+async def delete_camera(camera_id: CameraId, store: StoreDep) -> Response:
+    """Remove a camera and its releases. Its ledger outlives it by one window."""
+    cam = await existing(store, camera_id)
+    await store.delete_camera(camera_id, ledger_ttl_s=cam.window_s)
+    log.info("camera deleted camera_id=%s", camera_id)
+    return Response(status_code=204)
+
+
+@router.get("/{camera_id}/status", response_model=CameraStatus, dependencies=[Depends(require_read)],
+            responses={**AUTH_ERRORS, **NOT_FOUND})
+async def camera_status(camera_id: CameraId, store: StoreDep) -> CameraStatus:
+    """Health state, frame rates, drops, the last (redacted) error and the owning worker."""
+    cam = await existing(store, camera_id)
+    st = await store.status(camera_id)
+    if not cam.enabled and st.state == "UNASSIGNED":
+        st = st.model_copy(update={"state": "DISABLED"})
+    return st
+
+
+@router.get("/{camera_id}/budget", response_model=Budget, dependencies=[Depends(require_read)],
+            responses={**AUTH_ERRORS, **NOT_FOUND})
+async def camera_budget(camera_id: CameraId, store: StoreDep) -> Budget:
+    """Epsilon spent in the current window, what is left, and the guarantee (eps_window, m_pixels, window_s)."""
+    cam = await existing(store, camera_id)
+    return budget_of(cam, await store.load_ledger(camera_id), time.time())

@@ -1,0 +1,44 @@
+"""`/healthz` (the process is up), `/readyz` (it can reach Redis) and `/metrics` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from dp.errors import StoreUnavailable
+from service.api.deps import StoreDep
+from service.metrics import REDIS_ERRORS, refresh_camera_gauges
+from service.models import ErrorOut, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: answers while the process runs."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health,
+            responses={503: {"model": Health, "description": "The Redis store is unreachable."}})
+async def readyz(store: StoreDep, response: Response) -> Health:
+    """Readiness: the API can reach Redis."""
+    try:
+        await store.ping()
+    except StoreUnavailable as err:
+        REDIS_ERRORS.labels("api").inc()
+        response.status_code = 503
+        return Health(status="unavailable", detail=str(err))
+    return Health(status="ok")
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+                       503: {"model": ErrorOut, "description": "The Redis store is unreachable."}})
+async def metrics(store: StoreDep) -> Response:
+    """Prometheus metrics of this process, plus per-camera budget and health gauges read from Redis."""
+    try:
+        await refresh_camera_gauges(store)
+    except StoreUnavailable:
+        REDIS_ERRORS.labels("api").inc()  # still serve the process's own metrics
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,255 @@
+"""Request and response models of the REST API, and the camera configuration stored in Redis.
+
+Every model forbids unknown fields (a typo fails loudly) and gives bounds and units. The camera model maps
+onto `dp.PixelizeSpec` and `dp.Ledger`; `dp` stays the judge of what a valid spec is, and its
+`ConfigError` comes back to the client as a 422 naming the field (see `camera_config_error`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from service.redaction import redact_url
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+HealthState = Literal["STARTING", "STREAMING", "STALLED", "RECONNECTING", "FAILED", "DISABLED", "UNASSIGNED"]
+HEALTH_STATES: tuple[str, ...] = HealthState.__args__  # type: ignore[attr-defined]
+
+
+class Model(BaseModel):
+    """The one base of every service model: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def new_camera_id() -> str:
+    return "cam-" + secrets.token_hex(4)
+
+
+class CameraSettings(Model):
+    """What a camera releases and at what privacy cost. All of it can change live (PATCH)."""
+
+    enabled: bool = Field(default=True, description="False stops the camera (state DISABLED) but keeps it.")
+    channels: Literal[1, 3] = Field(default=3, description="Released channels: 3 (RGB) or 1 (grey).")
+    eps_pix: float = Field(
+        default=1.0, gt=0, le=1e4,
+        description="Epsilon spent on the cell means of one release (dimensionless, per frame).",
+    )
+    m_pixels: int = Field(
+        default=16, ge=1, le=1 << 20,
+        description=(
+            "Threat-model setting, not a quality knob: the largest thing protected, in pixel positions at "
+            "the camera's working distance (a face, a licence plate). Frames that differ in at most this "
+            "many pixels are indistinguishable up to eps. Raising it adds noise; lowering it weakens the "
+            "guarantee."
+        ),
+    )
+    layout: Literal["fixed", "map", "previous", "private"] = Field(
+        default="fixed",
+        description="How cells are chosen: fixed size, an operator map, the previous release, or a noisy "
+        "per-frame complexity (private, costs eps_layout).",
+    )
+    cell_size: int = Field(default=16, ge=1, le=1024, description="Cell side in pixels (fixed layout; the "
+                           "starting size of adaptive layouts).")
+    cell_sizes: list[int] = Field(
+        default_factory=lambda: [4, 8, 16, 32], min_length=1, max_length=16,
+        description="Candidate cell sides in pixels for adaptive layouts; each divides block_size.",
+    )
+    block_size: int = Field(default=32, ge=1, le=256, description="Macro-block side in pixels (adaptive "
+                            "layouts).")
+    eps_layout: float = Field(default=0.0, ge=0, le=1e4, description="Epsilon spent on choosing the layout "
+                              "(layout=private only, else 0).")
+    layout_map: list[list[int]] | None = Field(
+        default=None, max_length=4096,
+        description="layout=map only: one cell size (pixels) per macro-block, row-major.",
+    )
+    release_fps: float = Field(default=1.0, gt=0, le=120, description="Releases per second at most "
+                               "(frames/s).")
+    eps_window: float = Field(
+        default=10.0, gt=0, le=1e6,
+        description="Epsilon budget of any sliding window of window_s seconds; a frame that would overspend "
+        "is not released (the last release repeats).",
+    )
+    window_s: float = Field(default=10.0, gt=0, le=86_400 * 30, description="Length of the budget window "
+                            "in seconds.")
+    retention_releases: int = Field(default=1000, ge=1, le=1_000_000, description="Releases kept per camera "
+                                    "in Redis (older ones are trimmed).")
+    retention_s: float | None = Field(default=3600.0, gt=0, le=86_400 * 365, description="Seconds a release "
+                                      "is kept in Redis (null: only retention_releases applies).")
+
+    @field_validator("cell_sizes")
+    @classmethod
+    def _sizes_positive(cls, v: list[int]) -> list[int]:
+        if any(s < 1 or s > 256 for s in v):
+            raise ValueError("every cell size must be between 1 and 256 pixels")
+        return v
+
+    @field_validator("layout_map")
+    @classmethod
+    def _map_rows(cls, v: list[list[int]] | None) -> list[list[int]] | None:
+        if v is not None and any(len(row) > 4096 for row in v):
+            raise ValueError("layout_map rows hold at most 4096 macro-blocks")
+        return v
+
+
+SOURCE_DESCRIPTION = (
+    "Camera URI: rtsp://, rtsps://, file:// or a test pattern such as test:ball?width=160&height=120&fps=10. "
+    "Credentials in the URI are used by the worker and never returned (responses show ***)."
+)
+
+
+class CameraCreate(CameraSettings):
+    """A new camera: a source and, optionally, its id."""
+
+    id: str | None = Field(default=None, pattern=SLUG_PATTERN, description="Slug; generated when absent.")
+    source: str = Field(min_length=3, max_length=2048, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$",
+                        description=SOURCE_DESCRIPTION)
+
+
+class Camera(CameraCreate):
+    """A camera as stored and returned."""
+
+    id: str = Field(pattern=SLUG_PATTERN, description="Slug naming the camera.")
+    version: int = Field(default=1, ge=1, description="Incremented by every change; workers apply the latest.")
+
+    def public(self) -> Camera:
+        """This camera with credentials taken out of its source, for responses and logs."""
+        return self.model_copy(update={"source": redact_url(self.source)})
+
+    def spec_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            eps_pix=self.eps_pix, m_pixels=self.m_pixels, channels=self.channels, layout=self.layout,
+            cell_size=self.cell_size, eps_layout=self.eps_layout,
+        )
+        if self.layout != "fixed":
+            kwargs.update(cell_sizes=tuple(self.cell_sizes), block_size=self.block_size)
+        if self.layout_map is not None:
+            kwargs["layout_map"] = tuple(tuple(r) for r in self.layout_map)
+        return kwargs
+
+    def to_spec(self):  # -> dp.PixelizeSpec
+        """The dp spec of this camera; raises `dp.ConfigError` (naming the field) when dp refuses it."""
+        from dp import ConfigError, PixelizeSpec
+
+        spec = PixelizeSpec(**self.spec_kwargs())
+        if spec.eps_frame > self.eps_window * (1 + 1e-12):
+            raise ConfigError(
+                f"eps_window={self.eps_window} is below one release's cost eps_frame={spec.eps_frame:g} "
+                f"(eps_pix + eps_layout); raise eps_window or lower eps_pix"
+            )
+        return spec
+
+    def new_ledger(self):  # -> dp.Ledger
+        from dp import Ledger
+
+        return Ledger(eps_window=self.eps_window, window_s=self.window_s)
+
+
+def _patch_model() -> type[Model]:
+    fields: dict[str, Any] = {}
+    for name, info in CameraSettings.model_fields.items():
+        # keep the bounds of the full model (`Annotated[T, *bounds] | None`), so PATCH rejects what POST does
+        bounded = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[name] = (bounded | None, Field(default=None, description=info.description))
+    fields["source"] = (str | None, Field(default=None, min_length=3, max_length=2048,
+                                          pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$",
+                                          description=SOURCE_DESCRIPTION))
+    return create_model("CameraPatch", __base__=Model, **fields)
+
+
+CameraPatch = _patch_model()
+CameraPatch.__doc__ = "Fields to change; absent fields keep their value. The id cannot change."
+
+_FIELD_NAMES = tuple(sorted(set(Camera.model_fields) | {"eps_frame"}, key=len, reverse=True))
+
+
+def camera_config_error(err: Exception) -> dict[str, Any]:
+    """A `dp.ConfigError` as one FastAPI-style validation error naming the camera field at fault."""
+    msg = str(err)
+    field = None
+    needs = re.search(r"\bneeds ([a-z_]+)", msg)  # "layout='map' needs layout_map": the fix is layout_map
+    m = re.match(r"\s*([a-z_]+)\s*[=\s]", msg)
+    if needs and needs.group(1) in _FIELD_NAMES:
+        field = needs.group(1)
+    elif m and m.group(1) in _FIELD_NAMES:
+        field = m.group(1)
+    else:
+        for name in _FIELD_NAMES:
+            if re.search(rf"\b{name}\b", msg):
+                field = name
+                break
+    if field == "eps_frame":
+        field = "eps_window"
+    return {"loc": ["body", field or "camera"], "msg": msg, "type": "config_error"}
+
+
+class ErrorOut(Model):
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class Guarantee(Model):
+    eps_window: float = Field(description="Epsilon of any window of window_s seconds.")
+    m_pixels: int = Field(description="Pixel positions protected (threat model).")
+    window_s: float = Field(description="Window length in seconds.")
+
+
+class Budget(Model):
+    camera_id: str
+    eps_spent: float = Field(description="Epsilon spent in the current window.")
+    eps_remaining: float = Field(description="Epsilon left in the current window.")
+    eps_frame: float = Field(description="Cost of one release.")
+    guarantee: Guarantee
+    as_of_s: float = Field(description="Unix time (seconds) of this reading.")
+
+
+class CameraStatus(Model):
+    id: str
+    state: HealthState
+    reason: str | None = Field(default=None, description="Last error, with credentials redacted.")
+    fps: float = Field(default=0.0, description="Frames ingested per second (recent).")
+    release_fps: float = Field(default=0.0, description="Releases per second (recent).")
+    frames_ingested: int = 0
+    frames_released: int = 0
+    frames_dropped: int = 0
+    reconnects: int = 0
+    worker: str | None = Field(default=None, description="Worker that holds the camera's lease.")
+    updated_s: float | None = Field(default=None, description="Unix time of the worker's last report.")
+
+
+class ReleaseSummary(Model):
+    entry_id: str = Field(description="Redis Stream entry id (use as `since`).")
+    camera_id: str
+    frame_index: int
+    timestamp_s: float
+    height: int
+    width: int
+    channels: int
+    layout: str
+    eps_spent: float
+    size_bytes: int
+
+
+class AuditRequest(Model):
+    eps_pix: float = Field(default=1.0, gt=0, le=100, description="Epsilon of the mechanism under audit.")
+    m_pixels: int = Field(default=16, ge=1, le=4096, description="Pixel positions protected (threat model).")
+
+
+class Audit(Model):
+    id: str
+    kind: Literal["mechanism"] = "mechanism"
+    state: Literal["running", "done", "failed"]
+    request: AuditRequest
+    started_s: float
+    finished_s: float | None = None
+    error: str | None = None
+    report: dict[str, Any] | None = None
+
+
+class Health(Model):
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None

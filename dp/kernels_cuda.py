@@ -110,7 +110,7 @@ class CudaBackend:
 
     @staticmethod
     def to_device(frame):
-        if cuda.is_cuda_array(frame):
+        if hasattr(frame, "__cuda_array_interface__"):
             return frame
         return cuda.to_device(np.ascontiguousarray(frame))
 

@@ -21,6 +21,8 @@ import numpy as np
 from dp.errors import ConfigError
 from dp.spec import PixelizeSpec
 
+FALSE_DETAIL_RATE = 1e-3  # private mode: chance that noise alone makes a flat block look detailed
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -80,8 +82,9 @@ def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:
 def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: PixelizeSpec) -> np.ndarray:
     """Squared mean clipped neighbour difference per block, from the noisy numerators (private mode).
 
-    The numerator's noise has variance 2 t_l^2; dividing by P (pair-channel terms in the block) and
-    subtracting the noise's share keeps the estimate unbiased in expectation. Post-processing only.
+    The score's noise is Laplace-like with scale t_l / P (P pair-channel terms in the block). The score is
+    soft-thresholded by that scale times ln(1/FALSE_DETAIL_RATE) before squaring, so a flat block looks
+    detailed (and gets small, noisy cells) with probability below FALSE_DETAIL_RATE. Post-processing only.
     """
     hb, wb = grid.block_dims()
     h = hb[:, None].astype(np.float64)
@@ -90,8 +93,8 @@ def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: Pix
     t_l = float(spec.layout_noise_scale)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = noisy_numerators.reshape(grid.shape) / pairs
-        g2 = c * c - 2.0 * t_l * t_l / (pairs * pairs)
-    return np.where(pairs > 0, np.maximum(g2, 0.0), 0.0)
+        shrunk = np.maximum(c - (t_l / pairs) * np.log(1.0 / FALSE_DETAIL_RATE), 0.0)
+    return np.where(pairs > 0, shrunk * shrunk, 0.0)
 
 
 def g2_from_release_stats(

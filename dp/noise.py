@@ -98,3 +98,17 @@ def key_words(key: bytes) -> np.ndarray:
     if not isinstance(key, bytes | bytearray) or len(key) != 32:
         raise ConfigError("key must be 32 bytes (for example secrets.token_bytes(32)); tests only")
     return np.frombuffer(bytes(key), dtype="<u4").astype(np.uint64)
+
+
+def sample(scale: float | Decimal, n: int, key: bytes | None = None) -> np.ndarray:
+    """`n` independent DiscreteLaplace(scale) samples (int64) from the production sampler.
+
+    For tests and audits of the sampler's law; releases draw their noise inside the kernels.
+    """
+    from dp.kernels_cpu import sample_discrete_laplace
+
+    tables = laplace_tables(Decimal(repr(scale)) if isinstance(scale, float) else Decimal(scale))
+    out = np.empty(int(n), dtype=np.int64)
+    words = fresh_key() if key is None else key_words(key)
+    sample_discrete_laplace(words, 1, tables.zero_threshold, tables.digits, tables.n_digits, out)
+    return out

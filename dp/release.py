@@ -4,7 +4,8 @@ Layout of `to_bytes()` (little-endian), version 1::
 
     b"DPSR" | u8 version | u16 len + camera id (UTF-8) | u64 frame index | f64 capture timestamp (s)
     | u32 H | u32 W | u8 C | u8 layout mode | u16 S | u8 n + n x u16 candidate sizes | u32 m
-    | f64 eps_layout | f64 eps_pix | u32 n codes + codes (u8, one per macro-block, row-major)
+    | f64 eps_layout | f64 eps_pix | u32 n codes | u8 encoding (0: one u8 code per macro-block,
+    row-major; 1: uniform, a single code for all) + codes
     | u32 n means + means (u8) | u32 CRC-32 of everything before it
 
 Everything in it is public or noisy: a release holds no raw pixel, sum, score or key.
@@ -26,6 +27,7 @@ MAGIC = b"DPSR"
 FORMAT_VERSION = 1
 _FIXED = struct.Struct("<QdIIBBH")
 _EPS = struct.Struct("<Idd")
+_RAW, _UNIFORM = 0, 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,12 +120,18 @@ class Release:
             struct.pack(f"<B{len(self.cell_sizes)}H", len(self.cell_sizes), *self.cell_sizes),
             _EPS.pack(self.m_pixels, self.eps_layout, self.eps_pix),
             struct.pack("<I", self.layout.size),
-            np.ascontiguousarray(self.layout, dtype=np.uint8).tobytes(),
+            self._codes_bytes(),
             struct.pack("<I", self.means.size),
             np.ascontiguousarray(self.means, dtype=np.uint8).tobytes(),
         ]
         body = b"".join(parts)
         return body + struct.pack("<I", zlib.crc32(body))
+
+    def _codes_bytes(self) -> bytes:
+        flat = np.ascontiguousarray(self.layout, dtype=np.uint8).ravel()
+        if flat.size and (flat == flat[0]).all():
+            return bytes([_UNIFORM, int(flat[0])])  # fixed layouts: one code instead of one per cell
+        return bytes([_RAW]) + flat.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Release:
@@ -138,7 +146,7 @@ class Release:
             raise ReleaseFormatError("release checksum mismatch: the bytes are truncated or corrupted")
         try:
             return cls._parse(body)
-        except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise ReleaseFormatError(f"malformed release: {exc}") from None
 
     @classmethod
@@ -163,8 +171,16 @@ class Release:
         pos += 4
         if n_codes != grid.shape[0] * grid.shape[1]:
             raise ReleaseFormatError(f"release has {n_codes} layout codes, its grid needs {grid.shape}")
-        layout = np.frombuffer(body, dtype=np.uint8, count=n_codes, offset=pos).reshape(grid.shape).copy()
-        pos += n_codes
+        encoding = body[pos]
+        pos += 1
+        if encoding == _UNIFORM:
+            layout = np.full(grid.shape, body[pos], dtype=np.uint8)
+            pos += 1
+        elif encoding == _RAW:
+            layout = np.frombuffer(body, dtype=np.uint8, count=n_codes, offset=pos).reshape(grid.shape).copy()
+            pos += n_codes
+        else:
+            raise ReleaseFormatError(f"unknown layout encoding {encoding}")
         if layout.size and int(layout.max()) >= n_sizes:
             raise ReleaseFormatError("release layout code out of range")
         sizes_arr = np.asarray(sizes, dtype=np.int64)

@@ -1,0 +1,77 @@
+"""The w-event ledger: no window ever overspends, and nothing is refused that fits (privacy.md §1)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dp import ConfigError, Ledger
+from dp.spec import exact_epsilon
+
+eps_values = st.sampled_from([0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0, 1.5, 2.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    eps_window=st.sampled_from([0.3, 1.0, 2.5, 4.0]),
+    window_s=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    steps=st.lists(st.tuples(st.floats(0, 4, allow_nan=False), eps_values), max_size=60),
+)
+def test_no_sequence_of_releases_overspends_any_window(eps_window, window_s, steps):
+    ledger = Ledger(eps_window=eps_window, window_s=window_s)
+    t = 0.0
+    accepted: list[tuple[float, Fraction]] = []
+    for dt, eps in steps:
+        t += dt
+        before = [(s, c) for s, c in accepted if s >= t - window_s]
+        fits = sum((c for _, c in before), Fraction(0)) + exact_epsilon(eps) <= exact_epsilon(eps_window)
+        ok = ledger.try_spend(t, eps)
+        assert ok == fits  # refuses exactly what would overspend the window ending now
+        if ok:
+            accepted.append((t, exact_epsilon(eps)))
+    # every closed window [a, a + W] starting at an accepted spend stays within budget
+    for start, _ in accepted:
+        total = sum((c for s, c in accepted if start <= s <= start + window_s), Fraction(0))
+        assert total <= exact_epsilon(eps_window)
+
+
+def test_decimal_budgets_hold_exactly_their_share():
+    ledger = Ledger(eps_window=0.3, window_s=10.0)
+    assert [ledger.try_spend(i * 0.01, 0.1) for i in range(4)] == [True, True, True, False]
+
+
+def test_budget_returns_after_the_window_passes():
+    ledger = Ledger(eps_window=1.0, window_s=2.0)
+    assert ledger.try_spend(0.0, 1.0)
+    assert not ledger.try_spend(2.0, 0.5)  # closed window: the spend at 0.0 still counts at 2.0
+    assert ledger.try_spend(2.001, 0.5)
+    assert ledger.spent(2.001) == 0.5 and ledger.remaining(2.001) == 0.5
+
+
+def test_state_round_trips_through_a_dict():
+    ledger = Ledger(eps_window=1.0, window_s=5.0)
+    ledger.try_spend(1.0, 0.3)
+    ledger.try_spend(2.0, 0.3)
+    back = Ledger.from_dict(ledger.to_dict())
+    assert back.spent(2.0) == ledger.spent(2.0)
+    assert not back.try_spend(2.5, 0.5) and back.try_spend(2.5, 0.4)
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"eps_window": 0, "window_s": 1}, "eps_window"),
+    ({"eps_window": 1, "window_s": 0}, "window_s"),
+    ({"eps_window": 1, "window_s": float("nan")}, "window_s"),
+])
+def test_bad_ledgers_are_refused(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Ledger(**kwargs)
+
+
+def test_time_going_backwards_is_refused():
+    ledger = Ledger(eps_window=1.0, window_s=1.0)
+    ledger.try_spend(5.0, 0.1)
+    with pytest.raises(ConfigError, match="monotonic"):
+        ledger.try_spend(4.0, 0.1)

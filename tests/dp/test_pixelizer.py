@@ -1,0 +1,303 @@
+"""End-to-end behaviour of Pixelizer and Release (privacy.md §2, §3, §5, §6)."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dp import ConfigError, FrameError, Pixelizer, PixelizeSpec, Release, ReleaseFormatError, kernels_cpu
+from dp.baseline import dp_pix
+from dp.noise import LaplaceTables, discrete_laplace_pmf, key_words
+
+Z_1E4 = 3.891
+MODES = ("fixed", "map", "previous", "private")
+
+
+def spec_for(mode: str, *, m_pixels: int = 1, channels: int = 3, eps_pix: float = 1.0, shape=(37, 53)):
+    kw: dict = {"cell_sizes": (2, 4, 8, 16), "block_size": 16}
+    if mode == "fixed":
+        kw = {"cell_size": 5}  # not a divisor of the frame: partial cells on two borders
+    elif mode == "map":
+        n_by, n_bx = -(-shape[0] // 16), -(-shape[1] // 16)
+        kw["layout_map"] = [[(2, 4, 8, 16)[(i + j) % 4] for j in range(n_bx)] for i in range(n_by)]
+    elif mode == "private":
+        kw["eps_layout"] = 0.5
+    return PixelizeSpec(eps_pix=eps_pix, m_pixels=m_pixels, channels=channels, layout=mode, **kw)
+
+
+def cell_index_map(rel: Release) -> np.ndarray:
+    """For each pixel and channel, the index of the mean it belongs to (from the public layout)."""
+    idx = np.empty((rel.height, rel.width, rel.channels), dtype=np.int64)
+    kernels_cpu.reconstruct(np.arange(rel.means.size, dtype=np.int64), rel.layout,
+                            np.asarray(rel.cell_sizes, dtype=np.int64), rel.block_size, rel._offsets, idx)
+    return idx
+
+
+def exact_sums(frame: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(index.ravel(), weights=frame.astype(np.int64).ravel(), minlength=n).astype(np.int64)
+
+
+# --- sensitivity -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_changing_m_positions_moves_sums_by_at_most_255_m_c(mode, data):
+    channels = data.draw(st.sampled_from([1, 3]))
+    m = data.draw(st.integers(1, 12))
+    h = data.draw(st.integers(1, 40))
+    w = data.draw(st.integers(1, 40))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    spec = spec_for(mode, m_pixels=m, channels=channels, shape=(h, w))
+    if mode == "map":
+        n_by, n_bx = -(-h // 16), -(-w // 16)
+        spec = spec.replace(layout_map=[[(2, 4, 8, 16)[(i * 3 + j) % 4] for j in range(n_bx)] for i in range(n_by)])
+    px = Pixelizer(spec, backend="cpu")
+    x = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    if mode == "previous":
+        px.release(rng.integers(0, 256, (h, w, channels), dtype=np.uint8))  # gives a non-uniform layout
+    rel = px.release(x)
+    index = cell_index_map(rel)
+    # a partition: every pixel-channel counted exactly once (no reflection padding)
+    assert np.array_equal(np.sort(np.unique(index)), np.arange(rel.means.size))
+    x2 = x.copy()
+    flat = rng.choice(h * w, size=min(m, h * w), replace=False)
+    ys, xs = np.unravel_index(flat, (h, w))
+    x2[ys, xs] = np.where(x[ys, xs] < 128, 255, 0)  # extreme change at each position
+    delta = exact_sums(x2, index, rel.means.size) - exact_sums(x, index, rel.means.size)
+    assert np.abs(delta).sum() <= spec.sensitivity_l1
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_private_layout_score_moves_by_at_most_4_m_c_g(data):
+    channels = data.draw(st.sampled_from([1, 3]))
+    m = data.draw(st.integers(1, 12))
+    h, w = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    spec = spec_for("private", m_pixels=m, channels=channels)
+    no_noise = LaplaceTables(scale=spec.layout_noise_scale, zero_threshold=np.uint64(2**64 - 1),
+                             digits=np.zeros((1, 255), dtype=np.uint64), tv_bound=0.0)
+    x = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    x2 = x.copy()
+    flat = rng.choice(h * w, size=min(m, h * w), replace=False)
+    ys, xs = np.unravel_index(flat, (h, w))
+    x2[ys, xs] = rng.integers(0, 256, (len(flat), channels), dtype=np.uint8)
+    n_blocks = (-(-h // 16)) * (-(-w // 16))
+    scores = []
+    for frame in (x, x2):
+        out = np.empty(n_blocks, dtype=np.int64)
+        kernels_cpu.noisy_complexity(frame, 16, spec.gradient_clip, key_words(secrets.token_bytes(32)),
+                                     no_noise.zero_threshold, no_noise.digits, 1, out)
+        scores.append(out)
+    assert np.abs(scores[1] - scores[0]).sum() <= spec.layout_sensitivity_l1
+
+
+# --- noise end to end ------------------------------------------------------------------------------
+def expected_abs_error(level: int, n: int, scale: float) -> tuple[float, float]:
+    """E and Var of |clip(round((level*n + Z)/n)) - level| for Z ~ DiscreteLaplace(scale), exactly."""
+    z = np.arange(-int(60 * scale) - 60, int(60 * scale) + 61)
+    p = discrete_laplace_pmf(z, scale)
+    v = level * n + z
+    mean = np.where(v <= 0, 0, np.minimum((2 * v + n) // (2 * n), 255))
+    err = np.abs(mean - level)
+    e = float((p * err).sum())
+    return e, float((p * err * err).sum()) - e * e
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flat_grey_frame_error_matches_the_noise_law(mode):
+    spec = spec_for(mode, channels=1, shape=(120, 160))
+    px = Pixelizer(spec, backend="cpu")
+    frame = np.full((120, 160, 1), 128, dtype=np.uint8)
+    if mode == "previous":
+        px.release(frame)
+    rel = px.release(frame)
+    index = cell_index_map(rel)
+    n_cell = np.bincount(index.ravel(), minlength=rel.means.size)
+    scale = float(spec.noise_scale)
+    moments = {n: expected_abs_error(128, int(n), scale) for n in np.unique(n_cell)}
+    expected = sum(moments[n][0] for n in n_cell)
+    sd = np.sqrt(sum(moments[n][1] for n in n_cell))
+    observed = np.abs(rel.means.astype(np.int64) - 128).sum()
+    assert abs(observed - expected) <= Z_1E4 * sd + 1e-9, (observed, expected, sd)
+
+
+def test_two_releases_without_key_differ():
+    spec = spec_for("fixed")
+    px = Pixelizer(spec, backend="cpu")
+    frame = np.full((37, 53, 3), 77, dtype=np.uint8)
+    assert not np.array_equal(px.release(frame).means, px.release(frame).means)
+
+
+def test_same_key_gives_same_release_and_frame_is_not_mutated(rng, key):
+    frame = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    before = frame.copy()
+    a = Pixelizer(spec_for("private"), backend="cpu").release(frame, key=key)
+    b = Pixelizer(spec_for("private"), backend="cpu").release(frame, key=key)
+    assert np.array_equal(a.means, b.means) and np.array_equal(a.layout, b.layout)
+    assert np.array_equal(frame, before)
+
+
+def test_fixed_layout_equals_the_classical_dp_pix_baseline(rng, key):
+    frame = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    spec = spec_for("fixed")
+    assert np.array_equal(Pixelizer(spec, backend="cpu").release(frame, key=key).reconstruct(),
+                          dp_pix(frame, spec, key=key))
+
+
+# --- layouts ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["fixed", "map", "previous"])
+def test_layout_of_a_frame_does_not_depend_on_its_own_pixels(mode, rng, key):
+    spec = spec_for(mode, shape=(64, 96))
+    first = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    layouts = []
+    for second in (np.zeros((64, 96, 3), np.uint8), rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)):
+        px = Pixelizer(spec, backend="cpu")
+        px.release(first, key=key)
+        layouts.append(px.release(second).layout)
+    assert np.array_equal(layouts[0], layouts[1])
+
+
+def _hopper() -> np.ndarray:
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _mse(spec: PixelizeSpec, img: np.ndarray, frames: int = 4) -> float:
+    px = Pixelizer(spec, backend="cpu")
+    px.release(img)
+    px.release(img)  # previous mode: past its starting layout
+    return float(np.mean([np.mean((px.release(img).reconstruct().astype(float) - img) ** 2) for _ in range(frames)]))
+
+
+@pytest.mark.slow
+def test_previous_layout_beats_every_fixed_size_with_a_generous_budget():
+    img = _hopper()
+    fixed = {b: _mse(PixelizeSpec(eps_pix=4.0, m_pixels=1, cell_size=b), img) for b in (4, 8, 16, 32)}
+    adaptive = _mse(PixelizeSpec(eps_pix=4.0, m_pixels=1, layout="previous"), img)
+    assert adaptive < min(fixed.values()), (adaptive, fixed)
+
+
+@pytest.mark.slow
+def test_previous_layout_is_no_worse_than_the_best_fixed_size_with_a_tight_budget():
+    img = _hopper()
+    fixed = {b: _mse(PixelizeSpec(eps_pix=1.0, m_pixels=16, cell_size=b), img) for b in (4, 8, 16, 32)}
+    adaptive = _mse(PixelizeSpec(eps_pix=1.0, m_pixels=16, layout="previous"), img)
+    assert adaptive <= 1.1 * min(fixed.values()), (adaptive, fixed)
+
+
+def test_previous_mode_restarts_from_the_configured_size_after_a_resolution_change(rng):
+    px = Pixelizer(PixelizeSpec(eps_pix=4.0, m_pixels=1, layout="previous", cell_size=8), backend="cpu")
+    px.release(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    rel = px.release(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    assert set(rel.cell_size_map.ravel().tolist()) == {8}
+
+
+def test_update_spec_applies_at_the_next_release(rng):
+    px = Pixelizer(PixelizeSpec(eps_pix=1.0, cell_size=16), backend="cpu")
+    frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert px.release(frame).means.size == 4 * 3
+    px.update_spec(px.spec.replace(cell_size=8))
+    assert px.release(frame).means.size == 16 * 3
+
+
+# --- the release format ----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_release_bytes_round_trip_exactly(mode, rng):
+    spec = spec_for(mode)
+    rel = Pixelizer(spec, backend="cpu").release(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+                                                 camera_id="lobby-é", frame_index=41, timestamp_s=1.5)
+    back = Release.from_bytes(rel.to_bytes())
+    assert back.header == rel.header
+    assert np.array_equal(back.means, rel.means) and np.array_equal(back.layout, rel.layout)
+    assert np.array_equal(back.reconstruct(), rel.reconstruct())
+    assert back.eps_spent == spec.eps_frame
+    assert rel.header["camera_id"] == "lobby-é" and rel.header["frame_index"] == 41
+
+
+def test_release_is_compact():
+    rel = Pixelizer(PixelizeSpec(eps_pix=1.0, cell_size=16), backend="cpu").release(
+        np.zeros((1080, 1920, 3), np.uint8))
+    assert len(rel.to_bytes()) < 1080 * 1920 * 3 / 200
+
+
+@pytest.mark.parametrize("cut", [0, 3, 10, 40, -5, -1])
+def test_truncated_release_bytes_are_refused(cut, rng):
+    data = Pixelizer(spec_for("private"), backend="cpu").release(
+        rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).to_bytes()
+    with pytest.raises(ReleaseFormatError):
+        Release.from_bytes(data[:cut])
+
+
+def test_foreign_and_corrupted_bytes_are_refused(rng):
+    data = bytearray(Pixelizer(spec_for("fixed"), backend="cpu").release(
+        rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).to_bytes())
+    with pytest.raises(ReleaseFormatError, match="magic"):
+        Release.from_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    data[30] ^= 0xFF
+    with pytest.raises(ReleaseFormatError, match="checksum"):
+        Release.from_bytes(bytes(data))
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"eps_pix": 0}, "eps_pix"),
+        ({"eps_pix": -1}, "eps_pix"),
+        ({"eps_pix": float("nan")}, "eps_pix"),
+        ({"eps_pix": float("inf")}, "eps_pix"),
+        ({"eps_pix": 1, "m_pixels": 0}, "m_pixels"),
+        ({"eps_pix": 1, "m_pixels": 2.5}, "m_pixels"),
+        ({"eps_pix": 1, "channels": 2}, "channels"),
+        ({"eps_pix": 1, "layout": "adaptive"}, "layout"),
+        ({"eps_pix": 1, "layout": "previous", "cell_sizes": (4, 12)}, "divide"),
+        ({"eps_pix": 1, "layout": "private"}, "eps_layout"),
+        ({"eps_pix": 1, "eps_layout": 0.1}, "eps_layout"),
+        ({"eps_pix": 1, "layout": "map"}, "layout_map"),
+        ({"eps_pix": 1, "layout": "map", "layout_map": [[16, 5]]}, "layout_map"),
+        ({"eps_pix": 1, "layout": "previous", "cell_size": 12}, "cell_size"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_setting_named(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        PixelizeSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        (np.zeros((10, 10, 3), np.float32), "dtype"),
+        (np.zeros((10, 10, 4), np.uint8), "channels"),
+        (np.zeros((0, 10, 3), np.uint8), "at least"),
+        (np.zeros((10,), np.uint8), "shape"),
+        ([[1, 2]], "numpy"),
+    ],
+)
+def test_bad_frames_are_refused(frame, fragment):
+    with pytest.raises(FrameError, match=fragment):
+        Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(frame)
+
+
+def test_map_of_the_wrong_shape_is_refused_at_release():
+    spec = PixelizeSpec(eps_pix=1.0, layout="map", layout_map=[[16, 16]])
+    with pytest.raises(ConfigError, match="layout_map has shape"):
+        Pixelizer(spec, backend="cpu").release(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ConfigError, match="backend"):
+        Pixelizer(PixelizeSpec(eps_pix=1.0), backend="tpu")
+
+
+def test_grey_frames_may_be_two_dimensional():
+    rel = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=1), backend="cpu").release(np.zeros((20, 20), np.uint8))
+    assert rel.reconstruct().shape == (20, 20, 1)

@@ -215,9 +215,14 @@ class CameraStatus(Model):
     release_fps: float = Field(default=0.0, description="Releases per second (recent).")
     frames_ingested: int = 0
     frames_released: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = Field(default=0, description="Frames dropped by the full ingest queue.")
+    frames_skipped: int = Field(default=0, description="Frames skipped to keep to release_fps.")
+    frames_over_budget: int = Field(default=0, description="Frames not released because the window's "
+                                    "budget was spent (the previous release repeats).")
     reconnects: int = 0
     worker: str | None = Field(default=None, description="Worker that holds the camera's lease.")
+    private_rtsp: str | None = Field(default=None, description="RTSP URL re-streaming the releases as H.264 "
+                                     "(when the worker runs an RTSP server).")
     updated_s: float | None = Field(default=None, description="Unix time of the worker's last report.")
 
 

@@ -147,16 +147,25 @@ class SyncStore:
             v = self.redis.get(self.keys.lease(camera_id))
         return _text(v) if v else None
 
-    def heartbeat_worker(self, worker_id: str, ttl_s: float, info: dict[str, Any]) -> int:
-        """Mark this worker alive for `ttl_s`; returns how many workers are alive now."""
+    def heartbeat_worker(self, worker_id: str, ttl_s: float, info: dict[str, Any]) -> dict[str, int]:
+        """Mark this worker alive for `ttl_s`; returns the live workers and how many cameras each holds."""
         t = now_ms()
         with translate_errors():
             pipe = self.redis.pipeline()
             pipe.set(self.keys.worker(worker_id), json.dumps(info), px=int(ttl_s * 1000))
             pipe.zadd(self.keys.workers, {worker_id: t + int(ttl_s * 1000)})
             pipe.zremrangebyscore(self.keys.workers, "-inf", t)
-            pipe.zcard(self.keys.workers)
-            return int(pipe.execute()[-1])
+            pipe.zrange(self.keys.workers, 0, -1)
+            ids = [_text(w) for w in pipe.execute()[-1]]
+            raws = self.redis.mget([self.keys.worker(w) for w in ids]) if ids else []
+        loads: dict[str, int] = {}
+        for wid, raw in zip(ids, raws, strict=True):
+            if raw:
+                try:
+                    loads[wid] = int(json.loads(raw).get("cameras", 0))
+                except (ValueError, TypeError):
+                    loads[wid] = 0
+        return loads
 
     def remove_worker(self, worker_id: str) -> None:
         with translate_errors():

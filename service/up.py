@@ -1,0 +1,91 @@
+"""`dpstream up`: the whole path on one machine, with real components.
+
+An embedded Valkey (append-only, under DPSTREAM_DATA), a local RTSP server publishing a demo camera (a
+test pattern encoded as H.264), one worker ingesting it over RTSP like any camera and re-streaming the
+releases at `/<camera>/private`, and the API. Ctrl-C stops everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import typer
+import uvicorn
+
+from dp.errors import DpstreamError
+from service.api import create_app
+from service.auth import create_token
+from service.embedded import EmbeddedValkey
+from service.models import Camera
+from service.redaction import redact_url
+from service.settings import Settings
+from service.store import SyncStore
+from service.worker_process import WorkerProcess
+
+log = logging.getLogger("dpstream.up")
+DEMO_ID = "demo"
+
+
+def _start_rtsp(port: int):
+    from streams.rtsp_server import LocalRtspServer
+
+    try:
+        return LocalRtspServer(port=port).start()
+    except DpstreamError:
+        log.warning("RTSP port %s is taken; using a free port", port)
+        return LocalRtspServer(port=0).start()
+
+
+def _ensure_demo_camera(store: SyncStore, source: str) -> None:
+    cam = store.get_camera(DEMO_ID)
+    if cam is None:
+        store.put_camera(Camera(id=DEMO_ID, source=source, release_fps=5.0, eps_pix=1.0, m_pixels=16,
+                                eps_window=50.0, window_s=10.0, cell_size=16))
+    elif cam.source != source:  # the RTSP port may differ from the last run
+        store.put_camera(cam.model_copy(update={"source": source, "version": cam.version + 1}))
+
+
+def run_up(settings: Settings, *, demo: bool = True) -> int:
+    with contextlib.ExitStack() as stack:
+        redis_line = redact_url(settings.redis_url or "")
+        if not settings.redis_url:
+            valkey = stack.enter_context(EmbeddedValkey(settings.data_dir))
+            settings = settings.model_copy(update={"redis_url": valkey.url})
+            redis_line = f"embedded Valkey {valkey.url} (append-only, data in {valkey.data_dir})"
+        store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
+        stack.callback(store.close)
+        store.ping()
+        rtsp = _start_rtsp(settings.rtsp_port)
+        stack.callback(rtsp.stop)
+        if demo:
+            rtsp.serve_test_pattern("/demo-source", pattern="ball", width=320, height=240, fps=15)
+            _ensure_demo_camera(store, rtsp.url("/demo-source"))
+        if settings.admin_token is not None:
+            token_line = "admin token: the value of DPSTREAM_ADMIN_TOKEN"
+            token = "$DPSTREAM_ADMIN_TOKEN"
+        else:
+            token = create_token(store, "admin", name="dpstream up")
+            token_line = f"admin token (shown once, stored hashed): {token}"
+        worker = WorkerProcess(settings, rtsp_server=rtsp)
+        worker.start()
+        stack.callback(worker.stop)
+
+        api = f"http://{settings.host}:{settings.port}"
+        typer.echo(
+            f"\ndpstream is up\n"
+            f"  API            {api}   (OpenAPI docs: {api}/docs, metrics: {api}/metrics)\n"
+            f"  Redis          {redis_line}\n"
+            f"  {token_line}\n"
+            f"  try            curl -H 'Authorization: Bearer {token}' {api}/api/v1/cameras\n"
+            + (f"  demo camera    {api}/api/v1/cameras/{DEMO_ID}/stream.mjpeg (needs the bearer token)\n"
+               f"  private RTSP   {rtsp.url('/' + DEMO_ID + '/private')}\n" if demo else "")
+            + "  new tokens     dpstream token create --scope read\n"
+            "Ctrl-C stops.\n"
+        )
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                               log_level="warning", access_log=False))
+        with contextlib.suppress(KeyboardInterrupt):  # newer uvicorn re-raises Ctrl-C after shutting down
+            server.run()
+        typer.echo("stopping: worker, RTSP server, store...")
+    return 0

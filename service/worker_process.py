@@ -1,0 +1,280 @@
+"""`dpstream worker`: runs cameras claimed through Redis leases.
+
+Protocol (architecture.md, "Scaling out"): each camera has a lease key holding the owning worker's id with
+a TTL (`lease_ttl_s`), renewed every heartbeat. A worker takes at most its fair share of the cameras
+(ceil(cameras / live workers)), so several workers spread the load; when a worker dies its leases expire and
+the survivors take its cameras over within one TTL plus one heartbeat. Config changes arrive by pub/sub and
+are also reconciled every heartbeat (pub/sub messages are lost while Redis restarts).
+
+While Redis is unreachable the cameras keep running: releases queue in the publisher, leases cannot be
+renewed, and when Redis comes back a lease that expired meanwhile is taken again if nobody else holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dp.errors import ConfigError, StoreUnavailable
+from service.metrics import LEASES_HELD, REDIS_ERRORS
+from service.models import Camera
+from service.publisher import ReleasePublisher
+from service.settings import Settings
+from service.store import SyncStore
+
+log = logging.getLogger("dpstream.worker")
+
+
+class CameraRunner(Protocol):
+    """What the worker needs from a running camera (streams.worker.CameraWorker behind an adapter)."""
+
+    def stop(self) -> None: ...
+    def apply(self, camera: Camera) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+@dataclass
+class Owned:
+    camera: Camera
+    runner: CameraRunner
+
+
+class WorkerProcess:
+    """Claims cameras, runs them, renews leases and reports status. `run()` blocks; `start()` threads it."""
+
+    def __init__(self, settings: Settings, *, runner_factory=None, store: SyncStore | None = None,
+                 rtsp_server=None) -> None:
+        """`rtsp_server` (a `streams.rtsp_server.LocalRtspServer`): serve each camera's releases as H.264 at
+        `/<camera_id>/private` there."""
+        if not settings.redis_url:
+            raise ConfigError("the worker needs redis_url (REDIS_URL or --redis-url)")
+        self.settings = settings
+        self.worker_id = settings.worker_id or default_worker_id()
+        self.store = store or SyncStore(settings.redis_url, prefix=settings.key_prefix)
+        # the publisher has its own connection so a slow store write never delays lease renewal
+        self.publisher = ReleasePublisher(
+            SyncStore(settings.redis_url, prefix=settings.key_prefix),
+            buffer_s=settings.release_buffer_s, buffer_max=settings.release_buffer_max)
+        self._owned: dict[str, Owned] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        if runner_factory is None:
+            from service.camera_runner import StreamsCameraRunner
+
+            runner_factory = StreamsCameraRunner.factory(settings, self.publisher, self.store,
+                                                         on_change=self._wake.set, rtsp_server=rtsp_server)
+        self._runner_factory = runner_factory
+        self._thread: threading.Thread | None = None
+        self._sub_thread: threading.Thread | None = None
+        self._live_workers = 1
+        self._least_loaded_peer: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.publisher.start()
+        self._sub_thread = threading.Thread(target=self._listen, name="dpstream-config", daemon=True)
+        self._sub_thread.start()
+        self._thread = threading.Thread(target=self._loop, name="dpstream-worker", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop every camera, hand the leases back and leave the worker set (idempotent)."""
+        self.request_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        with self._lock:
+            for cid in list(self._owned):
+                self._drop(cid, release_lease=True)
+        self.publisher.stop()
+        with contextlib.suppress(StoreUnavailable):
+            self.store.remove_worker(self.worker_id)
+        LEASES_HELD.set(0)
+
+    @property
+    def camera_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._owned)
+
+    # --- the heartbeat loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        log.info("worker started worker_id=%s lease_ttl_s=%s", self.worker_id, self.settings.lease_ttl_s)
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except StoreUnavailable as err:
+                REDIS_ERRORS.labels("worker").inc()
+                log.warning("heartbeat failed worker_id=%s: %s", self.worker_id, err)
+            except Exception:  # a bug in one tick must not kill the worker; log and carry on
+                log.exception("heartbeat crashed worker_id=%s", self.worker_id)
+            self._wake.wait(self.settings.heartbeat_interval_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One heartbeat: liveness, renew leases, apply config changes, claim cameras, report status."""
+        ttl = self.settings.lease_ttl_s
+        loads = self.store.heartbeat_worker(
+            self.worker_id, ttl, {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "cameras": len(self.camera_ids), "time_s": time.time()})
+        self._live_workers = max(1, len(loads))
+        self._least_loaded_peer = min((n for w, n in loads.items() if w != self.worker_id), default=None)
+        with self._lock:
+            for cid in list(self._owned):
+                # a lease that expired meanwhile (e.g. Redis was down) is taken back unless another has it
+                renewed = self.store.renew_lease(cid, self.worker_id, ttl)
+                if not renewed and not self.store.acquire_lease(cid, self.worker_id, ttl):
+                    log.warning("lease lost camera_id=%s owner=%s", cid, self.store.lease_owner(cid))
+                    self._drop(cid, release_lease=False)
+        ids = self.store.camera_ids()
+        self._reconcile(ids)
+        self._claim(ids)
+        self._report()
+        LEASES_HELD.set(len(self._owned))
+
+    def _reconcile(self, ids: list[str]) -> None:
+        with self._lock:
+            for cid in list(self._owned):
+                cam = self.store.get_camera(cid) if cid in ids else None
+                if cam is None:
+                    log.info("camera removed camera_id=%s", cid)
+                    self._drop(cid, release_lease=True)
+                    self.publisher.discard_camera(cid)
+                elif cam.version != self._owned[cid].camera.version:
+                    self._apply(cid, cam)
+
+    def _claim(self, ids: list[str]) -> None:
+        fair_share = math.ceil(len(ids) / self._live_workers) if ids else 0
+        target = min(self.settings.max_cameras_per_worker, fair_share)
+        with self._lock:
+            peer = self._least_loaded_peer
+            if len(self._owned) > target and peer is not None and peer < target:
+                # more than our share (a worker joined): hand one camera back per heartbeat
+                cid = sorted(self._owned)[-1]
+                log.info("rebalancing: handing camera back camera_id=%s", cid)
+                self._drop(cid, release_lease=True)
+        for cid in ids:
+            if self._stop.is_set() or len(self._owned) >= target:
+                break
+            if cid in self._owned or self.store.lease_owner(cid) is not None:
+                continue
+            cam = self.store.get_camera(cid)
+            if cam is None or not self.store.acquire_lease(cid, self.worker_id, self.settings.lease_ttl_s):
+                continue
+            self._start_camera(cam)
+
+    def _start_camera(self, cam: Camera) -> None:
+        try:
+            runner = self._runner_factory(cam)
+        except Exception as err:  # a bad camera is a FAILED state, never a crashed worker
+            from service.redaction import redact_text
+
+            reason = redact_text(str(err))
+            log.warning("camera failed to start camera_id=%s: %s", cam.id, reason)
+            self.store.set_status(cam.id, {"state": "FAILED", "reason": reason, "updated_s": time.time()},
+                                  ttl_s=self.settings.lease_ttl_s * 3)
+            self.store.release_lease(cam.id, self.worker_id)
+            return
+        with self._lock:
+            self._owned[cam.id] = Owned(cam, runner)
+        log.info("camera claimed camera_id=%s worker_id=%s", cam.id, self.worker_id)
+
+    def _apply(self, cid: str, cam: Camera) -> None:
+        owned = self._owned.get(cid)
+        if owned is None or cam.version <= owned.camera.version:
+            return
+        try:
+            owned.runner.apply(cam)
+            owned.camera = cam
+            log.info("camera config applied camera_id=%s version=%s", cid, cam.version)
+        except Exception as err:
+            log.warning("camera config not applied camera_id=%s version=%s: %s", cid, cam.version, err)
+            owned.camera = cam  # do not retry the same version every heartbeat
+
+    def _drop(self, cid: str, *, release_lease: bool) -> None:
+        owned = self._owned.pop(cid, None)
+        if owned is not None:
+            try:
+                owned.runner.stop()
+            except Exception:
+                log.exception("camera stop failed camera_id=%s", cid)
+        if release_lease:
+            with contextlib.suppress(StoreUnavailable):  # else it expires by itself
+                self.store.release_lease(cid, self.worker_id)
+
+    def _report(self) -> None:
+        with self._lock:
+            owned = list(self._owned.items())
+        for cid, o in owned:
+            doc = o.runner.status()
+            doc["updated_s"] = time.time()
+            self.store.set_status(cid, doc, ttl_s=self.settings.lease_ttl_s * 3)
+
+    # --- live config by pub/sub ------------------------------------------------------------------
+    def _listen(self) -> None:
+        backoff_s = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.store.pubsub()
+                backoff_s = 0.1
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg and msg.get("type") == "message":
+                        self._on_config_message(msg["data"])
+            except Exception as err:  # redis down: retry; the heartbeat reconciles what we missed
+                if not self._stop.is_set():
+                    log.debug("config subscription lost: %s", err)
+                self._stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+
+    def _on_config_message(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+            cid = str(event["id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        with self._lock:
+            owned = cid in self._owned
+        if not owned:
+            self._wake.set()  # maybe a new camera: claim it now rather than at the next heartbeat
+            return
+        if event.get("op") == "delete":
+            with self._lock:
+                self._drop(cid, release_lease=True)
+            self.publisher.discard_camera(cid)
+            return
+        try:
+            cam = self.store.get_camera(cid)
+        except StoreUnavailable:
+            return
+        if cam is not None:
+            with self._lock:
+                self._apply(cid, cam)

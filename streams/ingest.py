@@ -74,6 +74,9 @@ def _classify_error(err, debug: str | None, secrets: tuple[str, ...]) -> BusEven
         fatal, hint = True, "credentials refused"
     elif err.matches(Gst.ResourceError.quark(), Gst.ResourceError.NOT_FOUND):
         fatal, hint = True, "stream not found"
+    elif "Failed to connect" in detail:
+        # GLib reports a refused TCP connection as "Generic error"; say what it means.
+        detail, hint = "", "cannot connect (connection refused or host unreachable)"
     reason = message if not detail or detail in message else f"{message} ({detail})"
     if hint:
         reason = f"{hint}: {reason}"

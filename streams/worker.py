@@ -50,6 +50,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from dp import Ledger, Pixelizer, PixelizeSpec, Release
 from dp.errors import ConfigError, DpstreamError
 
@@ -514,7 +516,21 @@ class CameraWorker:
         self._next_due_s = t_s + interval if due is None or t_s > due + interval else due + interval
         return True
 
+    def _warm_up(self) -> None:
+        """Compile dp's kernels before the first real frame, so it is not dropped while they compile.
+
+        A separate Pixelizer on a black frame: nothing is delivered, no budget is spent and the camera's
+        own Pixelizer state (the previous release, for layout='previous') is untouched.
+        """
+        try:
+            spec = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16)
+            scratch = np.zeros((32, 32, self._channels), dtype=np.uint8)
+            Pixelizer(spec, backend=self._pixelizer.backend).release(scratch)
+        except Exception:
+            self.log.debug("camera %s: warm-up failed", self.camera_id, exc_info=True)
+
     def _release_loop(self) -> None:
+        self._warm_up()
         while True:
             with self._queue_cv:
                 while not self._queue and not self._stop.is_set():

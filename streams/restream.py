@@ -1,0 +1,174 @@
+"""Privatized video out: a release sink that serves ``Release.reconstruct()`` frames as H.264 over RTSP.
+
+:class:`PrivateMount` is a plain ``Callable[[dp.Release], None]``: give it to
+:class:`streams.worker.CameraWorker` as one of its sinks. It accepts nothing but :class:`dp.Release`
+objects, so raw camera input can never reach a client. Each RTSP client gets its own encoder (it starts
+on a key frame at once, whatever the release rate); nothing is reconstructed or encoded while no client
+watches. The latest frame is pushed again every ``keepalive_s`` so players do not time out when releases
+are rare (low ``release_fps``, an exhausted budget or a camera that is down).
+
+Created by :meth:`streams.rtsp_server.LocalRtspServer.serve_private`, which mounts it at
+``/<camera_id>/private``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from dp import Release
+from dp.errors import ConfigError
+
+from .gst import GLib, Gst, GstRtspServer
+from .writer import EncoderSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PrivateMount"]
+
+
+def _even_padded(frame: np.ndarray) -> np.ndarray:
+    """Pad an odd width or height by repeating the last column/row: H.264 4:2:0 needs even sizes."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _packed_bytes(frame: np.ndarray) -> bytes:
+    """Row bytes padded to GStreamer's default 4-byte stride for packed RGB/GRAY8."""
+    h, w, c = frame.shape
+    row = w * c
+    stride = (row + 3) & ~3
+    if stride == row:
+        return np.ascontiguousarray(frame).tobytes()
+    padded = np.zeros((h, stride), dtype=np.uint8)
+    padded[:, :row] = frame.reshape(h, row)
+    return padded.tobytes()
+
+
+class PrivateMount:
+    """An RTSP mount that serves the privatized frames of one camera; call it with each :class:`dp.Release`."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        path: str,
+        *,
+        encoder: EncoderSettings | None = None,
+        keepalive_s: float = 1.0,
+        context: GLib.MainContext | None = None,
+    ) -> None:
+        self.camera_id = camera_id
+        self.path = path
+        self.encoder = encoder or EncoderSettings(key_int_max=60)
+        self.keepalive_s = keepalive_s
+        self._lock = threading.Lock()
+        self._appsrcs: list[Gst.Element] = []
+        self._latest: Release | None = None
+        self._latest_frame: tuple[bytes, Gst.Caps] | None = None
+        self._last_push_mono = 0.0
+        self.releases_seen = 0
+        self.frames_pushed = 0
+        self.factory = GstRtspServer.RTSPMediaFactory.new()
+        self.factory.set_launch(
+            "( appsrc name=src is-live=true format=time do-timestamp=true leaky-type=upstream max-buffers=2 ! "
+            f"videoconvert ! video/x-raw,format=I420 ! {self.encoder.x264_description()} ! "
+            "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        )
+        self.factory.set_shared(False)  # one encoder per client: every client starts on a key frame
+        self.factory.connect("media-configure", self._on_media_configure)
+        self._keepalive_source: GLib.Source | None = None
+        if context is not None and keepalive_s > 0:
+            source = GLib.timeout_source_new(int(keepalive_s * 1000))
+            source.set_callback(self._keepalive)
+            source.attach(context)
+            self._keepalive_source = source
+
+    @property
+    def clients(self) -> int:
+        """Number of RTSP clients currently watching."""
+        with self._lock:
+            return len(self._appsrcs)
+
+    def __call__(self, release: Release) -> None:
+        """Sink entry point: serve this release's reconstruction to every watching client."""
+        if not isinstance(release, Release):
+            # The only way onto a private mount is a dp.Release: raw frames are refused by type.
+            raise ConfigError(
+                f"private mount {self.path!r} only accepts dp.Release, got {type(release).__name__}"
+            )
+        with self._lock:
+            self.releases_seen += 1
+            self._latest = release
+            self._latest_frame = None
+            if not self._appsrcs:
+                return  # nobody watches: do not reconstruct or encode
+        self._push_latest()
+
+    def close(self) -> None:
+        """Stop the keepalive timer and end every client's stream."""
+        if self._keepalive_source is not None:
+            self._keepalive_source.destroy()
+            self._keepalive_source = None
+        with self._lock:
+            srcs, self._appsrcs = self._appsrcs, []
+        for src in srcs:
+            src.emit("end-of-stream")
+
+    # --- internals (server thread and release thread) --------------------------------------------
+    def _frame_for_latest(self) -> tuple[bytes, Gst.Caps] | None:
+        with self._lock:
+            if self._latest_frame is not None:
+                return self._latest_frame
+            release = self._latest
+        if release is None:
+            return None
+        frame = _even_padded(release.reconstruct())
+        h, w, c = frame.shape
+        caps = Gst.Caps.from_string(
+            f"video/x-raw,format={'RGB' if c == 3 else 'GRAY8'},width={w},height={h},framerate=0/1"
+        )
+        packed = (_packed_bytes(frame), caps)
+        with self._lock:
+            if self._latest is release:
+                self._latest_frame = packed
+        return packed
+
+    def _push_latest(self) -> None:
+        packed = self._frame_for_latest()
+        if packed is None:
+            return
+        data, caps = packed
+        with self._lock:
+            srcs = list(self._appsrcs)
+            self._last_push_mono = time.monotonic()
+        for src in srcs:
+            current = src.get_property("caps")
+            if current is None or not current.is_equal(caps):
+                src.set_property("caps", caps)  # a resolution change re-initialises the encoder
+            ret = src.emit("push-buffer", Gst.Buffer.new_wrapped(data))
+            if ret == Gst.FlowReturn.OK:
+                self.frames_pushed += 1
+
+    def _keepalive(self, *_args) -> bool:
+        if time.monotonic() - self._last_push_mono >= self.keepalive_s and self.clients:
+            self._push_latest()
+        return True  # keep the timer
+
+    def _on_media_configure(self, _factory, media) -> None:
+        src = media.get_element().get_by_name("src")
+        with self._lock:
+            self._appsrcs.append(src)
+        media.connect("unprepared", self._on_media_unprepared, src)
+        log.info("private mount %s: client connected", self.path)
+        self._push_latest()  # a new client sees the current privatized frame at once
+
+    def _on_media_unprepared(self, _media, src) -> None:
+        with self._lock:
+            if src in self._appsrcs:
+                self._appsrcs.remove(src)
+        log.info("private mount %s: client left", self.path)

@@ -1,0 +1,303 @@
+"""A local RTSP server (GstRtspServer) for tests and the demo: test patterns, files and privatized mounts.
+
+::
+
+    with LocalRtspServer(port=0) as server:                       # port 0: a free port is chosen
+        server.serve_test_pattern("/cam", pattern="ball", width=320, height=240, fps=30)
+        url = server.url("/cam")                                  # rtsp://127.0.0.1:<port>/cam
+        private = server.serve_private("lobby")                   # rtsp://127.0.0.1:<port>/lobby/private
+        worker = CameraWorker("lobby", url, spec, ledger=..., sinks=[private])
+
+Sources served here (test patterns, files) stand in for cameras; no method re-serves a camera's input,
+and a private mount accepts only :class:`dp.Release` objects. The server listens on 127.0.0.1 by default
+and runs its GLib main loop on its own thread. ``auth=(user, password)`` makes every mount require HTTP
+Basic credentials (to test refused credentials and their redaction).
+
+Run it standalone (the demo, and tests that kill the server process)::
+
+    python -m streams.rtsp_server --port 8554 --mount /cam --pattern ball --width 1280 --height 720
+    python -m streams.rtsp_server --port 8554 --mount /cam --file clip.mp4
+
+It prints ``READY rtsp://127.0.0.1:<port>/<mount>`` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+from dp.errors import ConfigError, IngestError
+
+from .gst import GLib, Gst, GstRtspServer, ensure_init
+from .restream import PrivateMount
+from .sources import TEST_PATTERNS, parse_source
+from .writer import EncoderSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LocalRtspServer", "TestPatternMount"]
+
+_MOUNT_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
+_CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass
+class TestPatternMount:
+    """Handle on a served test pattern: :meth:`set_resolution` changes the stream's size mid-stream."""
+
+    __test__ = False  # not a pytest test class
+    path: str
+    factory: GstRtspServer.RTSPMediaFactory
+    width: int
+    height: int
+    fps: int
+
+    def __post_init__(self) -> None:
+        self._capsfilters: list[Gst.Element] = []
+        self._lock = threading.Lock()
+
+    def _caps(self) -> Gst.Caps:
+        return Gst.Caps.from_string(
+            f"video/x-raw,width={self.width},height={self.height},framerate={self.fps}/1"
+        )
+
+    def set_resolution(self, width: int, height: int) -> None:
+        """Switch every current client (and later ones) to ``width`` x ``height``; the encoder renegotiates."""
+        with self._lock:
+            self.width, self.height = width, height
+            filters = list(self._capsfilters)
+        for capsfilter in filters:
+            capsfilter.set_property("caps", self._caps())
+
+    def _on_media_configure(self, _factory, media) -> None:
+        capsfilter = media.get_element().get_by_name("size")
+        capsfilter.set_property("caps", self._caps())
+        with self._lock:
+            self._capsfilters.append(capsfilter)
+
+
+class LocalRtspServer:
+    """GstRtspServer on ``host`` (127.0.0.1) and ``port`` (0 = any free port), run on its own thread."""
+
+    def __init__(
+        self, port: int = 0, host: str = "127.0.0.1", *, auth: tuple[str, str] | None = None
+    ) -> None:
+        ensure_init()
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"port={port!r} must be within 0..65535")
+        self.host = host
+        self._requested_port = int(port)
+        self._auth = auth
+        self.server = GstRtspServer.RTSPServer.new()
+        self.server.set_address(host)
+        self.server.set_service(str(int(port)))
+        self._mounts = self.server.get_mount_points()
+        self._context = GLib.MainContext.new()
+        self._loop = GLib.MainLoop.new(self._context, False)
+        self._thread: threading.Thread | None = None
+        self._source_id: int | None = None
+        self._private: dict[str, PrivateMount] = {}
+        self._stopped = False
+        self.port = 0
+        if auth is not None:
+            self._install_auth(*auth)
+
+    def _install_auth(self, user: str, password: str) -> None:
+        auth = GstRtspServer.RTSPAuth.new()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "user")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        self.server.set_auth(auth)
+
+    def _secure(self, factory: GstRtspServer.RTSPMediaFactory) -> None:
+        if self._auth is not None:
+            factory.add_role_from_structure(
+                Gst.Structure.new_from_string(
+                    "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+                )
+            )
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> LocalRtspServer:
+        """Listen and serve; returns once the port is bound. Raises :class:`IngestError` if it is taken."""
+        if self._thread is not None:
+            return self
+        try:
+            self._source_id = self.server.attach(self._context)
+        except GLib.Error as exc:
+            raise IngestError(
+                f"RTSP server cannot listen on {self.host}:{self._requested_port}: {exc.message}"
+            ) from None
+        if not self._source_id:
+            raise IngestError(
+                f"RTSP server cannot listen on {self.host}:{self._requested_port} (port taken?)"
+            )
+        self.port = self.server.get_bound_port()
+        self._thread = threading.Thread(target=self._loop.run, name=f"dpstream-rtsp-{self.port}", daemon=True)
+        self._thread.start()
+        log.info("RTSP server listening on %s:%d", self.host, self.port)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Close the listening socket, disconnect clients, tear down every media pipeline. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for mount in self._private.values():
+            mount.close()
+        if self._thread is None:
+            return
+        done = threading.Event()
+
+        def _shutdown(*_args) -> bool:
+            source = self._context.find_source_by_id(self._source_id) if self._source_id else None
+            if source is not None:
+                source.destroy()  # closes the listening socket
+            self.server.client_filter(lambda _server, _client, *a: GstRtspServer.RTSPFilterResult.REMOVE)
+            pool = self.server.get_session_pool()
+            pool.filter(lambda _pool, _session, *a: GstRtspServer.RTSPFilterResult.REMOVE)
+            done.set()
+            return False
+
+        idle = GLib.idle_source_new()
+        idle.set_callback(_shutdown)
+        idle.attach(self._context)
+        done.wait(timeout_s)
+        # Let the loop run the teardown the filters scheduled (media to NULL), then quit.
+        quit_source = GLib.timeout_source_new(100)
+        quit_source.set_callback(lambda *a: (self._loop.quit(), False)[1])
+        quit_source.attach(self._context)
+        self._thread.join(timeout_s)
+        log.info("RTSP server on %s:%d stopped", self.host, self.port)
+
+    def __enter__(self) -> LocalRtspServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- mounts ------------------------------------------------------------------------------------
+    def url(self, mount: str, *, user: str | None = None, password: str | None = None) -> str:
+        """The ``rtsp://`` URL of ``mount`` (with credentials if given: never log it)."""
+        userinfo = f"{user}:{password}@" if user is not None else ""
+        return f"rtsp://{userinfo}{self.host}:{self.port}{mount}"
+
+    def _check_mount(self, mount: str) -> None:
+        if not _MOUNT_RE.match(mount):
+            raise ConfigError(f"mount={mount!r} must look like /name or /name/sub (letters, digits, _ . -)")
+
+    def serve_test_pattern(
+        self,
+        mount: str,
+        *,
+        pattern: str = "ball",
+        width: int = 320,
+        height: int = 240,
+        fps: int = 30,
+        encoder: EncoderSettings | None = None,
+    ) -> TestPatternMount:
+        """Serve a moving videotestsrc pattern as H.264 (shared by all clients)."""
+        self._check_mount(mount)
+        if pattern not in TEST_PATTERNS:
+            raise ConfigError(f"pattern={pattern!r}; one of {sorted(TEST_PATTERNS)}")
+        encoder = encoder or EncoderSettings(key_int_max=int(fps))
+        speed = 0 if pattern == "ball" else 4
+        factory = GstRtspServer.RTSPMediaFactory.new()
+        factory.set_launch(
+            f"( videotestsrc is-live=true pattern={pattern} horizontal-speed={speed} ! capsfilter name=size ! "
+            f"videoconvert ! video/x-raw,format=I420 ! {encoder.x264_description()} ! "
+            "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        )
+        factory.set_shared(True)
+        handle = TestPatternMount(mount, factory, width, height, fps)
+        factory.connect("media-configure", handle._on_media_configure)
+        self._secure(factory)
+        self._mounts.add_factory(mount, factory)
+        return handle
+
+    def serve_file(self, mount: str, path: str) -> None:
+        """Serve an H.264 MP4 file as is (no re-encoding), paced in real time, shared by all clients."""
+        self._check_mount(mount)
+        spec = parse_source(path)
+        if spec.kind != "file":
+            raise ConfigError(f"serve_file needs a local file, got {spec.display!r}")
+        factory = GstRtspServer.RTSPMediaFactory.new()
+        factory.set_launch(
+            "( filesrc name=file ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        )
+        factory.set_shared(True)
+        factory.connect(
+            "media-configure",
+            lambda _f, media: media.get_element().get_by_name("file").set_property("location", spec.location),
+        )
+        self._secure(factory)
+        self._mounts.add_factory(mount, factory)
+
+    def serve_private(
+        self, camera_id: str, *, encoder: EncoderSettings | None = None, keepalive_s: float = 1.0
+    ) -> PrivateMount:
+        """Mount ``/<camera_id>/private`` and return its sink (``Callable[[dp.Release], None]``)."""
+        if not _CAMERA_ID_RE.match(camera_id):
+            raise ConfigError(f"camera_id={camera_id!r}: use 1-64 letters, digits, '_', '.', '-' for a mount")
+        path = f"/{camera_id}/private"
+        if path in self._private:
+            return self._private[path]
+        mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s, context=self._context)
+        self._secure(mount.factory)
+        self._mounts.add_factory(path, mount.factory)
+        self._private[path] = mount
+        return mount
+
+    def remove(self, mount: str) -> None:
+        """Unmount ``mount`` (clients already playing keep their session until they leave)."""
+        self._mounts.remove_factory(mount)
+        private = self._private.pop(mount, None)
+        if private is not None:
+            private.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve a test pattern or an H.264 MP4 file over RTSP.")
+    parser.add_argument("--port", type=int, default=8554)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--mount", default="/cam")
+    parser.add_argument("--file", help="H.264 MP4 to serve (default: a test pattern)")
+    parser.add_argument("--pattern", default="ball")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--bitrate-kbps", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    server = LocalRtspServer(port=args.port, host=args.host)
+    if args.file:
+        server.serve_file(args.mount, args.file)
+    else:
+        encoder = EncoderSettings(key_int_max=args.fps, bitrate_kbps=args.bitrate_kbps,
+                                  quality=None if args.bitrate_kbps else 23)  # fmt: skip
+        server.serve_test_pattern(
+            args.mount,
+            pattern=args.pattern,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            encoder=encoder,
+        )
+    server.start()
+    print(f"READY {server.url(args.mount)}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Fixtures for streams tests: real GStreamer RTSP servers on 127.0.0.1 (in process and as a subprocess)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.rtsp_server import LocalRtspServer
+from streams.testing import ServerProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def rtsp_server() -> Iterator[LocalRtspServer]:
+    server = LocalRtspServer(port=0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    """Factory of RTSP server child processes; every one is stopped at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(port: int, *args: str) -> ServerProcess:
+        proc = ServerProcess(port, *args, cwd=str(REPO_ROOT))
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.stop()

@@ -86,8 +86,9 @@ class H264Mp4Writer:
     """Encode HxWx3 RGB (or HxWx1 grey) uint8 frames into an H.264 MP4 file.
 
     A context manager; :meth:`close` (idempotent) finishes the file (writes the MP4 index) and brings the
-    pipeline back to NULL. Frames get timestamps ``i / fps``. ``width`` and ``height`` must be even
-    (H.264 4:2:0). :meth:`write` raises :class:`dp.ConfigError` for a frame of the wrong shape and
+    pipeline back to NULL. Frames get timestamps ``i / fps``. H.264 4:2:0 needs even sizes: an odd
+    ``width`` or ``height`` is padded by repeating the last column or row (the file is one pixel larger,
+    ``encoded_width`` x ``encoded_height``). :meth:`write` raises :class:`dp.ConfigError` for a frame of the wrong shape and
     :class:`dp.IngestError` when the encoder or the file fails.
     """
 
@@ -103,8 +104,8 @@ class H264Mp4Writer:
         convert_threads: int = 0,
     ) -> None:
         ensure_init()
-        if width <= 0 or height <= 0 or width % 2 or height % 2:
-            raise ConfigError(f"width={width}, height={height}: H.264 4:2:0 needs positive even sizes")
+        if width <= 0 or height <= 0:
+            raise ConfigError(f"width={width}, height={height}: sizes must be positive")
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
         self.path = os.fspath(path)
@@ -112,19 +113,23 @@ class H264Mp4Writer:
         if not os.path.isdir(parent):
             raise ConfigError(f"output {self.path!r}: directory {parent!r} does not exist")
         self.width, self.height, self.channels = width, height, channels
+        self.encoded_width, self.encoded_height = width + width % 2, height + height % 2
         self.fps = _fps_fraction(fps)
         self.encoder = encoder or EncoderSettings()
         threads = convert_threads or (os.cpu_count() or 1)
         fmt = "RGB" if channels == 3 else "GRAY8"
-        caps = f"video/x-raw,format={fmt},width={width},height={height},framerate={self.fps.numerator}/{self.fps.denominator}"
+        caps = (
+            f"video/x-raw,format={fmt},width={self.encoded_width},height={self.encoded_height},"
+            f"framerate={self.fps.numerator}/{self.fps.denominator}"
+        )
         self.pipeline = parse_pipeline(
-            f"appsrc name=src format=time block=true max-bytes={3 * width * height * channels} caps={caps} ! "
+            f"appsrc name=src format=time block=true max-bytes={3 * self.encoded_width * self.encoded_height * channels} caps={caps} ! "
             f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! {self.encoder.x264_description()} ! "
             "h264parse ! mp4mux ! filesink name=sink"
         )
         self.pipeline.get_by_name("sink").set_property("location", self.path)
         self._src = self.pipeline.get_by_name("src")
-        self._row_bytes = width * channels
+        self._row_bytes = self.encoded_width * channels
         self._stride = (self._row_bytes + 3) & ~3  # GStreamer's default row alignment for packed formats
         self._frame_ns = Gst.util_uint64_scale(Gst.SECOND, self.fps.denominator, self.fps.numerator)
         self.frames_written = 0
@@ -144,9 +149,15 @@ class H264Mp4Writer:
                 f"{(self.height, self.width, self.channels)}"
             )
         self._check_bus()
+        if (self.encoded_height, self.encoded_width) != (self.height, self.width):
+            arr = np.pad(
+                arr,
+                ((0, self.encoded_height - self.height), (0, self.encoded_width - self.width), (0, 0)),
+                mode="edge",
+            )
         if self._stride != self._row_bytes:
-            padded = np.zeros((self.height, self._stride), dtype=np.uint8)
-            padded[:, : self._row_bytes] = arr.reshape(self.height, self._row_bytes)
+            padded = np.zeros((self.encoded_height, self._stride), dtype=np.uint8)
+            padded[:, : self._row_bytes] = arr.reshape(self.encoded_height, self._row_bytes)
             data = padded.tobytes()
         else:
             data = np.ascontiguousarray(arr).tobytes()

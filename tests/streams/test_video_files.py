@@ -96,9 +96,18 @@ def test_writer_rejects_frames_of_the_wrong_shape_or_dtype(tmp_path):
         writer.write(np.zeros((48, 64, 3), np.uint8))
 
 
-def test_writer_refuses_odd_sizes_and_missing_directories(tmp_path):
-    with pytest.raises(ConfigError, match="even"):
-        H264Mp4Writer(tmp_path / "x.mp4", 63, 48, 10)
+def test_writer_pads_odd_sizes_by_repeating_the_edge(tmp_path):
+    frame = np.zeros((47, 63, 3), np.uint8)
+    frame[:, -1] = 200  # the last column is bright: its copy must be bright too
+    with H264Mp4Writer(tmp_path / "odd.mp4", 63, 47, 10, encoder=EncoderSettings(quality=5)) as writer:
+        writer.write(frame)
+    assert (writer.encoded_width, writer.encoded_height) == (64, 48)
+    back = next(iter(iter_frames(tmp_path / "odd.mp4")))
+    assert back.array.shape == (48, 64, 3)
+    assert back.array[:, -1].mean() > 150 and back.array[:, :60].mean() < 20
+
+
+def test_writer_refuses_missing_directories(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         H264Mp4Writer(tmp_path / "nope" / "x.mp4", 64, 48, 10)
 

@@ -36,7 +36,9 @@ credentials, missing stream, unsupported codec: retried every ``failed_retry_s``
 (and on the caller's thread by ``stop()``).
 
 Timestamps: ``Release.timestamp_s`` is the capture time in Unix seconds (files and test patterns are
-played in real time, like a camera). The ledger is charged at the capture time, kept monotonic.
+played in real time, like a camera; with ``realtime=False`` they carry media time instead). For RTSP the
+capture time is when the frame's packets reached this host (the camera's own clock is not trusted).
+The ledger is charged at the capture time, kept monotonic.
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class CameraWorker:
         sinks: callables receiving each :class:`dp.Release` (store, re-stream, latest frame).
         stall_timeout_s: no frame for this long while streaming: STALLED (rebuild after as long again).
         queue_size: frames buffered between decoding and releasing; the oldest is dropped when full.
+        queue_policy: ``"drop-oldest"`` (live cameras: never fall behind) or ``"block"`` (offline files and
+            benchmarks: decoding waits for the release thread, nothing is dropped).
+        realtime: play files and test patterns at their frame rate, like a camera (default). ``False``
+            decodes them as fast as the release thread takes frames (use with ``queue_policy="block"``).
         connect_timeout_s: no first frame this long after (re)starting the pipeline: reconnect.
         reconnect_backoff_s, reconnect_backoff_max_s: exponential backoff bounds (with jitter in [50%, 100%]).
         failed_retry_s: retry interval in FAILED for refused credentials, missing stream or codec errors.
@@ -148,6 +154,8 @@ class CameraWorker:
         sinks: Sequence[Sink] = (),
         stall_timeout_s: float = 5.0,
         queue_size: int = 4,
+        queue_policy: str = "drop-oldest",
+        realtime: bool = True,
         connect_timeout_s: float = 10.0,
         reconnect_backoff_s: float = 0.25,
         reconnect_backoff_max_s: float = 2.0,
@@ -170,6 +178,10 @@ class CameraWorker:
             )
         if queue_size < 1:
             raise ConfigError(f"camera {camera_id!r}: queue_size={queue_size} must be >= 1")
+        if queue_policy not in ("drop-oldest", "block"):
+            raise ConfigError(
+                f"camera {camera_id!r}: queue_policy={queue_policy!r}; use 'drop-oldest' or 'block'"
+            )
         for name, value in (
             ("stall_timeout_s", stall_timeout_s),
             ("connect_timeout_s", connect_timeout_s),
@@ -204,6 +216,9 @@ class CameraWorker:
         self._health = HealthTracker(self._health_changed)
         self._user_health_cb = on_health_change
         self._queue: deque[Frame] = deque(maxlen=queue_size)
+        self._block_when_full = queue_policy == "block"
+        self._realtime = bool(realtime)
+        self._is_rtsp = str(source_uri).lower().startswith(("rtsp://", "rtsps://", "rtspt://", "rtspu://"))
         self._queue_cv = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -383,6 +398,10 @@ class CameraWorker:
     def _on_frame(self, frame: Frame) -> None:
         now = time.monotonic()
         with self._queue_cv:
+            if self._block_when_full:
+                # back-pressure into GStreamer: the streaming thread waits (stop() wakes it)
+                while len(self._queue) == self._queue.maxlen and not self._stop.is_set():
+                    self._queue_cv.wait(0.1)
             frame = replace(frame, index=self._next_index)
             self._next_index += 1
             dropped = len(self._queue) == self._queue.maxlen
@@ -434,7 +453,7 @@ class CameraWorker:
                 channels=self._channels,
                 transport=self._transport,
                 latency_ms=self._latency_ms,
-                realtime=True,
+                realtime=self._realtime,
                 on_frame=self._on_frame,
                 convert_threads=self._convert_threads,
                 tcp_timeout_s=self._connect_timeout_s,
@@ -538,6 +557,7 @@ class CameraWorker:
                 if self._stop.is_set():
                     return
                 frame = self._queue.popleft()
+                self._queue_cv.notify_all()  # a producer may be waiting for space (queue_policy="block")
             try:
                 self._process(frame)
             except Exception:  # keep the camera alive; never log the frame
@@ -569,10 +589,10 @@ class CameraWorker:
             with self._stats_lock:
                 self._c["release_errors"] += 1
             return
-        latency_s = time.time() - t_s
         with self._stats_lock:
             self._c["released"] += 1
-            self._latencies.append(latency_s)
+            if self._realtime or self._is_rtsp:  # media timestamps (realtime=False files) have no latency
+                self._latencies.append(time.time() - t_s)
             self._release_meter.tick(time.monotonic())
         self._last_release = release
         self._deliver(release)

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from dp import Ledger, PixelizeSpec, Release
@@ -286,3 +287,23 @@ def test_file_source_plays_in_real_time_and_loops(tmp_path, workers):
     stamps = [r.timestamp_s for r in sink.snapshot()]
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 0.5  # real time, not as fast as possible
     assert worker.health.state is HealthState.STREAMING
+
+
+def test_blocking_queue_releases_every_frame_of_a_file_without_drops(tmp_path, workers):
+    from streams import make_test_clip
+
+    clip = make_test_clip(tmp_path / "clip.mp4", 160, 120, frames=40, fps=30)
+    sink = Collect()
+
+    def slow_sink(release: Release) -> None:
+        time.sleep(0.01)  # slower than decoding: "block" must hold the decoder back instead of dropping
+
+    worker = make_worker(clip, [sink, slow_sink], queue_policy="block", realtime=False, queue_size=2)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: len(sink) >= 40, 20)
+    assert worker.stats.frames_dropped == 0
+    first_pass = [r.frame_index for r in sink.snapshot()[:40]]
+    assert first_pass == list(range(40))
+    stamps = [r.timestamp_s for r in sink.snapshot()[:40]]  # media time: 1/30 s apart, whatever the speed
+    assert stamps[0] < 0.2 and np.diff(stamps) == pytest.approx(np.full(39, 1 / 30), abs=1e-3)

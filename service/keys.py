@@ -1,13 +1,16 @@
 """The Redis key schema, in one place. Every key starts with the deployment's prefix.
 
+Per-camera keys carry the camera id as a hash tag (`{<id>}`), so they share one Redis Cluster slot and the
+atomic release script can touch them together.
+
     {p}:cameras              set of camera ids
-    {p}:camera:{id}          camera config (JSON, credentials included: only workers read it raw)
+    {p}:camera:{<id>}        camera config (JSON, credentials included: only workers read it raw)
     {p}:config               pub/sub channel: {"id", "op": "put"|"delete", "version"}
-    {p}:releases:{id}        Redis Stream of releases (fields r=release bytes + public summary fields)
-    {p}:latest:{id}          hash: the latest release (r) and its entry id and summary
-    {p}:ledger:{id}          the camera's privacy ledger (dp.Ledger.to_dict(), JSON)
-    {p}:lease:{id}           worker id holding the camera, with a TTL renewed by heartbeat
-    {p}:status:{id}          health and counters, as last reported by the owning worker (JSON)
+    {p}:releases:{<id>}      Redis Stream of releases (fields r=release bytes + public summary fields)
+    {p}:latest:{<id>}        hash: the latest release (r) and its entry id and summary
+    {p}:ledger:{<id>}        the camera's privacy ledger (dp.Ledger.to_dict(), JSON)
+    {p}:lease:{<id>}         worker id holding the camera, with a TTL renewed by heartbeat
+    {p}:status:{<id>}        health and counters, as last reported by the owning worker (JSON)
     {p}:worker:{wid}         a live worker (JSON), with a TTL renewed by heartbeat
     {p}:workers              sorted set of workers, scored by when their liveness runs out (ms)
     {p}:apikey:{sha256}      an API key's scope (JSON); the key itself is never stored
@@ -32,22 +35,22 @@ class Keys:
         return f"{self.prefix}:config"
 
     def camera(self, camera_id: str) -> str:
-        return f"{self.prefix}:camera:{camera_id}"
+        return f"{self.prefix}:camera:{{{camera_id}}}"
 
     def releases(self, camera_id: str) -> str:
-        return f"{self.prefix}:releases:{camera_id}"
+        return f"{self.prefix}:releases:{{{camera_id}}}"
 
     def latest(self, camera_id: str) -> str:
-        return f"{self.prefix}:latest:{camera_id}"
+        return f"{self.prefix}:latest:{{{camera_id}}}"
 
     def ledger(self, camera_id: str) -> str:
-        return f"{self.prefix}:ledger:{camera_id}"
+        return f"{self.prefix}:ledger:{{{camera_id}}}"
 
     def lease(self, camera_id: str) -> str:
-        return f"{self.prefix}:lease:{camera_id}"
+        return f"{self.prefix}:lease:{{{camera_id}}}"
 
     def status(self, camera_id: str) -> str:
-        return f"{self.prefix}:status:{camera_id}"
+        return f"{self.prefix}:status:{{{camera_id}}}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

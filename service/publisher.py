@@ -49,6 +49,7 @@ class ReleasePublisher:
         self._store_ok = True
         self.submitted = 0
         self.acknowledged = 0
+        self.discarded = 0  # releases of cameras deleted meanwhile
         self.dropped = 0
         self.last_entry_ids: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="dpstream-publisher", daemon=True)
@@ -131,6 +132,9 @@ class ReleasePublisher:
                     self._queue.popleft()
                 RELEASES_BUFFERED.set(len(self._queue))
                 self._cond.notify_all()
+            if entry_id is None:
+                self.discarded += 1
+                continue
             self.acknowledged += 1
             self.last_entry_ids[item.camera_id] = entry_id
             FRAMES_RELEASED.labels(item.camera_id).inc()

@@ -35,6 +35,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Store one release atomically, only while the camera exists (a release still in flight when the camera is
+# deleted must not re-create its keys). KEYS: camera, stream, latest, ledger. ARGV: maxlen, minid ("" for
+# none), ledger json ("" for none), ledger ttl ms, then field/value pairs.
+_APPEND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+if ARGV[2] ~= '' then
+  redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
+end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+end
+fields[#fields + 1] = 'id'
+fields[#fields + 1] = id
+redis.call('HSET', KEYS[3], unpack(fields))
+return id
+"""
+_STATUS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 SUMMARY_FIELDS = ("camera_id", "frame_index", "timestamp_s", "height", "width", "channels", "layout",
                   "eps_spent")
 
@@ -95,6 +123,8 @@ class SyncStore:
         )
         self._renew = self.redis.register_script(_RENEW_LUA)
         self._release = self.redis.register_script(_RELEASE_LUA)
+        self._append = self.redis.register_script(_APPEND_LUA)
+        self._set_status = self.redis.register_script(_STATUS_LUA)
 
     def close(self) -> None:
         self.redis.close()
@@ -142,6 +172,16 @@ class SyncStore:
         with translate_errors():
             self._release(keys=[self.keys.lease(camera_id)], args=[worker_id])
 
+    def lease_pttls(self, camera_ids: list[str]) -> list[int]:
+        """Milliseconds left on each camera's lease (-2: no lease)."""
+        if not camera_ids:
+            return []
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for cid in camera_ids:
+                pipe.pttl(self.keys.lease(cid))
+            return [int(x) for x in pipe.execute()]
+
     def lease_owner(self, camera_id: str) -> str | None:
         with translate_errors():
             v = self.redis.get(self.keys.lease(camera_id))
@@ -178,26 +218,24 @@ class SyncStore:
     def append_release(
         self, camera_id: str, data: bytes, summary: dict[str, Any], *, ledger_state: dict[str, Any] | None,
         retention_releases: int, retention_s: float | None, ledger_ttl_s: float,
-    ) -> str:
-        """Store one release atomically (stream entry, latest, ledger); returns its stream entry id.
+    ) -> str | None:
+        """Store one release atomically (stream entry, latest, ledger); returns its stream entry id, or None
+        when the camera no longer exists.
 
         Once this returns, the release is acknowledged: with append-only persistence it survives a Redis
         restart.
         """
-        fields: dict[str, Any] = {"r": data, **{k: str(summary[k]) for k in SUMMARY_FIELDS}}
+        fields: list[Any] = ["r", data]
+        for k in SUMMARY_FIELDS:
+            fields += [k, str(summary[k])]
+        min_id = f"{max(0, now_ms() - int(retention_s * 1000))}-0" if retention_s is not None else ""
+        k = self.keys
         with translate_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(self.keys.releases(camera_id), fields, maxlen=retention_releases, approximate=True)
-            if retention_s is not None:
-                min_id = max(0, now_ms() - int(retention_s * 1000))
-                pipe.xtrim(self.keys.releases(camera_id), minid=f"{min_id}-0", approximate=True)
-            if ledger_state is not None:
-                pipe.set(self.keys.ledger(camera_id), json.dumps(ledger_state), px=int(ledger_ttl_s * 1000))
-            res = pipe.execute()
-            entry_id = _text(res[0])
-            # latest goes after the entry so that its id is known; readers only need it eventually
-            self.redis.hset(self.keys.latest(camera_id), mapping={**fields, "id": entry_id})
-        return entry_id
+            res = self._append(
+                keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id)],
+                args=[retention_releases, min_id, json.dumps(ledger_state) if ledger_state is not None else "",
+                      int(ledger_ttl_s * 1000), *fields])
+        return _text(res) if res else None
 
     def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
         with translate_errors():
@@ -209,8 +247,10 @@ class SyncStore:
         return json.loads(raw) if raw else None
 
     def set_status(self, camera_id: str, status: dict[str, Any], ttl_s: float) -> None:
+        """Report a camera's status (ignored once the camera is deleted)."""
         with translate_errors():
-            self.redis.set(self.keys.status(camera_id), json.dumps(status), px=int(ttl_s * 1000))
+            self._set_status(keys=[self.keys.camera(camera_id), self.keys.status(camera_id)],
+                             args=[json.dumps(status), int(ttl_s * 1000)])
 
     def put_apikey(self, key_hash: str, doc: dict[str, Any]) -> None:
         with translate_errors():

@@ -81,6 +81,8 @@ class WorkerProcess:
         self._sub_thread: threading.Thread | None = None
         self._live_workers = 1
         self._least_loaded_peer: int | None = None
+        self._unleased_before: set[str] = set()
+        self._next_wait_s = settings.heartbeat_interval_s
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,7 +133,7 @@ class WorkerProcess:
                 log.warning("heartbeat failed worker_id=%s: %s", self.worker_id, err)
             except Exception:  # a bug in one tick must not kill the worker; log and carry on
                 log.exception("heartbeat crashed worker_id=%s", self.worker_id)
-            self._wake.wait(self.settings.heartbeat_interval_s)
+            self._wake.wait(max(0.02, self._next_wait_s))
             self._wake.clear()
 
     def tick(self) -> None:
@@ -176,15 +178,25 @@ class WorkerProcess:
                 cid = sorted(self._owned)[-1]
                 log.info("rebalancing: handing camera back camera_id=%s", cid)
                 self._drop(cid, release_lease=True)
-        for cid in ids:
-            if self._stop.is_set() or len(self._owned) >= target:
+        others = [cid for cid in ids if cid not in self._owned]
+        pttls = self.store.lease_pttls(others)
+        unleased = {cid for cid, pttl in zip(others, pttls, strict=True) if pttl < 0}
+        # a camera nobody claimed for a whole heartbeat is taken even above the fair share: a dead worker
+        # still counts as live until its own liveness expires, and its cameras must not wait for that
+        overdue = unleased & self._unleased_before
+        self._unleased_before = unleased
+        for cid in others:
+            if self._stop.is_set() or len(self._owned) >= self.settings.max_cameras_per_worker:
                 break
-            if cid in self._owned or self.store.lease_owner(cid) is not None:
+            if cid not in unleased or (len(self._owned) >= target and cid not in overdue):
                 continue
             cam = self.store.get_camera(cid)
             if cam is None or not self.store.acquire_lease(cid, self.worker_id, self.settings.lease_ttl_s):
                 continue
             self._start_camera(cam)
+        # wake up when the first foreign lease runs out, so a dead worker's camera moves within its TTL
+        live = [p / 1000.0 for p in pttls if p >= 0]
+        self._next_wait_s = min([self.settings.heartbeat_interval_s, *(t + 0.05 for t in live)])
 
     def _start_camera(self, cam: Camera) -> None:
         try:

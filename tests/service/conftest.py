@@ -111,3 +111,16 @@ def wait_for(predicate, *, timeout_s: float, interval_s: float = 0.05, what: str
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def worker(settings: Settings):
+    """A real worker (threads in this process) against the test Valkey."""
+    from service.worker_process import WorkerProcess
+
+    proc = WorkerProcess(settings.model_copy(update={"worker_id": "test-worker"}))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

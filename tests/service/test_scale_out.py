@@ -1,0 +1,119 @@
+"""Scale-out and failure: two worker processes share cameras through leases; one is killed and its cameras
+move; Redis restarts and no acknowledged release is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.settings import Settings
+from service.store import SyncStore
+from tests.service.conftest import free_port, start_valkey, wait_for
+from tests.service.test_worker import KEYS, make_camera, releases_of, status_of
+
+LEASE_TTL_S = 3.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn_worker(redis_url: str, worker_id: str, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "DPSTREAM_LEASE_TTL_S": str(LEASE_TTL_S), "DPSTREAM_WORKER_ID": worker_id,
+           "DPSTREAM_STALL_TIMEOUT_S": "3"}
+    env.pop("REDIS_URL", None)
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process below
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc._log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def reap(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    proc._log.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
+    admin: httpx.Client, redis_url: str, tmp_path: Path
+) -> None:
+    workers = {wid: spawn_worker(redis_url, wid, tmp_path / f"{wid}.log") for wid in ("w1", "w2")}
+    try:
+        for cid in ("a", "b"):
+            make_camera(admin, cid)
+        # fair share: each worker ends up with one camera, both streaming
+        owners = wait_for(
+            lambda: (o := {c: status_of(admin, c)["worker"] for c in ("a", "b")})
+            and set(o.values()) == {"w1", "w2"}
+            and all(releases_of(admin, c) for c in ("a", "b")) and o,
+            timeout_s=60, interval_s=0.2, what="one streaming camera per worker")
+        victim, survivor = owners["a"], owners["b"]
+        workers[victim].kill()  # SIGKILL: no chance to hand the lease back
+        killed_at = time.monotonic()
+        workers[victim].wait(timeout=10)
+        last_before = releases_of(admin, "a", limit=1000)[-1]["entry_id"]  # nothing is stored after the kill
+
+        wait_for(lambda: status_of(admin, "a")["worker"] == survivor, timeout_s=LEASE_TTL_S + 5,
+                 interval_s=0.05, what="takeover")
+        takeover_s = time.monotonic() - killed_at
+        assert takeover_s <= LEASE_TTL_S + 1.0, takeover_s
+        wait_for(lambda: releases_of(admin, "a", since=last_before), timeout_s=20,
+                 what="releases after the takeover")
+        assert status_of(admin, "b")["worker"] == survivor
+        assert workers[survivor].poll() is None
+    finally:
+        for proc in workers.values():
+            reap(proc)
+
+
+@pytest.mark.slow
+def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path) -> None:
+    from service.models import Camera
+    from service.worker_process import WorkerProcess
+
+    port = free_port()
+    server = start_valkey(tmp_path / "valkey", port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = SyncStore(url)
+    store.put_camera(Camera(id="ball", source="test:ball?width=160&height=120&fps=10", release_fps=5.0,
+                            eps_window=1000.0, window_s=10.0, retention_releases=100_000))
+    worker = WorkerProcess(Settings(redis_url=url, worker_id="w-restart", lease_ttl_s=2.0))
+    worker.start()
+    r = redis.Redis.from_url(url)
+    try:
+        wait_for(lambda: r.xlen(KEYS.releases("ball")) >= 5, timeout_s=30, what="releases before")
+        server.stop()  # SIGTERM: the append-only file is flushed
+        down_at = time.monotonic()
+        wait_for(lambda: worker.publisher.buffered >= 3, timeout_s=15, what="releases buffered while down")
+        acknowledged_before = {eid for eid in worker.publisher.last_entry_ids.values()}
+        server = start_valkey(tmp_path / "valkey", port=port)
+        wait_for(lambda: worker.publisher.buffered == 0 and worker.publisher.store_ok, timeout_s=20,
+                 what="buffer flushed")
+        n_after_flush = r.xlen(KEYS.releases("ball"))
+        wait_for(lambda: r.xlen(KEYS.releases("ball")) > n_after_flush + 2, timeout_s=20,
+                 what="new releases after the restart")
+        assert time.monotonic() - down_at < 60
+        wait_for(lambda: worker.camera_ids == ["ball"], timeout_s=10, what="lease kept or retaken")
+    finally:
+        worker.stop()  # drains the publisher
+        stored = r.xlen(KEYS.releases("ball"))
+        ids = {e[0].decode() for e in r.xrange(KEYS.releases("ball"))}
+        r.close()
+        store.close()
+        server.stop()
+    pub = worker.publisher
+    assert pub.dropped == 0
+    assert pub.submitted == pub.acknowledged == stored  # every release made it, none twice
+    assert acknowledged_before <= ids

@@ -1,0 +1,163 @@
+"""A real worker ingesting test-pattern cameras through streams/, releasing into a real Valkey, read back
+over real HTTP."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+import redis
+from PIL import Image
+
+from dp import Release
+from service.keys import Keys
+from tests.service.conftest import wait_for
+
+KEYS = Keys()
+
+BALL = "test:ball?width=160&height=120&fps=10"
+RAW_FRAME_BYTES = 160 * 120 * 3
+
+
+def make_camera(admin: httpx.Client, camera_id: str, **overrides) -> dict:
+    body = {"id": camera_id, "source": BALL, "release_fps": 5.0, "eps_window": 100.0, "window_s": 10.0,
+            **overrides}
+    r = admin.post("/api/v1/cameras", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def status_of(admin: httpx.Client, camera_id: str) -> dict:
+    return admin.get(f"/api/v1/cameras/{camera_id}/status").json()
+
+
+def releases_of(admin: httpx.Client, camera_id: str, **params) -> list[dict]:
+    r = admin.get(f"/api/v1/cameras/{camera_id}/releases", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_worker_releases_a_test_camera_end_to_end(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "ball")
+    wait_for(lambda: status_of(admin, "ball")["state"] == "STREAMING", timeout_s=20, what="STREAMING")
+    wait_for(lambda: len(releases_of(admin, "ball")) >= 3, timeout_s=20, what="3 releases")
+    st = status_of(admin, "ball")
+    assert st["worker"] == "test-worker" and st["frames_ingested"] > 0
+
+    r = admin.get("/api/v1/cameras/ball/releases/latest")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    rel = Release.from_bytes(r.content)
+    assert (rel.camera_id, rel.height, rel.width, rel.channels) == ("ball", 120, 160, 3)
+    summary = admin.get("/api/v1/cameras/ball/releases/latest", params={"format": "json"}).json()
+    assert summary["size_bytes"] == len(r.content) or summary["frame_index"] >= rel.frame_index
+
+    listed = releases_of(admin, "ball")
+    one = admin.get(f"/api/v1/cameras/ball/releases/{listed[0]['entry_id']}")
+    assert one.status_code == 200 and Release.from_bytes(one.content).frame_index == listed[0]["frame_index"]
+    later = releases_of(admin, "ball", since=listed[0]["entry_id"])
+    assert [x["entry_id"] for x in later][: len(listed) - 1] == [x["entry_id"] for x in listed[1:]]
+
+    jpg = admin.get("/api/v1/cameras/ball/frame.jpg")
+    assert jpg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpg.content)).size == (160, 120)
+
+
+def test_mjpeg_stream_sends_release_frames(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "ball")
+    wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")
+    with admin.stream("GET", "/api/v1/cameras/ball/stream.mjpeg", params={"max_frames": 3}) as r:
+        assert r.headers["content-type"].startswith("multipart/x-mixed-replace")
+        body = b"".join(r.iter_bytes())
+    assert body.count(b"Content-Type: image/jpeg") == 3
+
+
+def test_patch_applies_live_to_the_running_camera(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "ball", eps_pix=1.0)
+    wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")
+    assert admin.patch("/api/v1/cameras/ball", json={"eps_pix": 0.5, "m_pixels": 4}).status_code == 200
+
+    def new_spec_in_use() -> bool:
+        r = admin.get("/api/v1/cameras/ball/releases/latest")
+        rel = Release.from_bytes(r.content)
+        return rel.eps_pix == 0.5 and rel.m_pixels == 4
+
+    wait_for(new_spec_in_use, timeout_s=15, what="releases with the patched spec")
+    assert status_of(admin, "ball")["worker"] == "test-worker"
+
+
+def test_ledger_never_overspends_the_window(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "ball", eps_pix=1.0, eps_window=3.0, window_s=600.0, release_fps=10.0)
+    wait_for(lambda: status_of(admin, "ball")["frames_over_budget"] >= 5, timeout_s=20, what="refused frames")
+    assert len(releases_of(admin, "ball")) == 3  # 3 x eps 1.0 fill the window; nothing more is stored
+    b = admin.get("/api/v1/cameras/ball/budget").json()
+    assert (b["eps_spent"], b["eps_remaining"]) == (3.0, 0.0)
+    assert b["guarantee"] == {"eps_window": 3.0, "m_pixels": 16, "window_s": 600.0}
+
+
+def test_unreachable_camera_is_a_state_with_a_redacted_reason(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "gone", source="rtsp://admin:s3cret-pw@127.0.0.1:1/live")
+    make_camera(admin, "ball")
+    st = wait_for(lambda: (s := status_of(admin, "gone"))["state"] in ("RECONNECTING", "FAILED") and s,
+                  timeout_s=20, what="RECONNECTING or FAILED")
+    assert st["reason"] and "s3cret-pw" not in st["reason"]
+    # the worker is alive and keeps the healthy camera streaming
+    wait_for(lambda: status_of(admin, "ball")["state"] == "STREAMING", timeout_s=20, what="healthy camera")
+    assert "s3cret-pw" not in admin.get("/api/v1/cameras/gone").text
+
+
+def test_deleted_camera_is_stopped_and_its_lease_released(admin: httpx.Client, worker, redis_url: str) -> None:
+    make_camera(admin, "ball")
+    wait_for(lambda: worker.camera_ids == ["ball"], timeout_s=20, what="claim")
+    assert admin.delete("/api/v1/cameras/ball").status_code == 204
+    wait_for(lambda: worker.camera_ids == [], timeout_s=10, what="camera stopped")
+    r = redis.Redis.from_url(redis_url)
+    assert r.get(KEYS.lease("ball")) is None and r.xlen(KEYS.releases("ball")) == 0
+    assert r.exists(KEYS.ledger("ball"))  # kept for one window: recreating cannot reset the budget
+
+
+def test_disabled_camera_is_not_run(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "ball", enabled=False)
+    wait_for(lambda: status_of(admin, "ball")["state"] == "DISABLED", timeout_s=10, what="DISABLED")
+    assert admin.patch("/api/v1/cameras/ball", json={"enabled": True}).status_code == 200
+    wait_for(lambda: status_of(admin, "ball")["state"] == "STREAMING", timeout_s=20, what="re-enabled")
+
+
+def test_no_redis_value_holds_a_raw_frame(admin: httpx.Client, worker, redis_url: str) -> None:
+    make_camera(admin, "ball", cell_size=8)
+    wait_for(lambda: len(releases_of(admin, "ball")) >= 5, timeout_s=20, what="releases")
+    r = redis.Redis.from_url(redis_url)
+    for key in r.scan_iter("*"):
+        kind = r.type(key)
+        values: list[bytes] = []
+        if kind == b"string":
+            values = [r.get(key)]
+        elif kind == b"hash":
+            values = list(r.hgetall(key).values())
+        elif kind == b"stream":
+            values = [v for _id, f in r.xrange(key) for v in f.values()]
+        for v in values:
+            # 8 px cells hold 1/64 of the pixels; anything near a raw frame's size would be a leak
+            assert len(v) < RAW_FRAME_BYTES / 8, key
+        if kind == b"stream":
+            fields = {k for _id, f in r.xrange(key) for k in f}
+            assert fields == {b"r", b"camera_id", b"frame_index", b"timestamp_s", b"height", b"width",
+                              b"channels", b"layout", b"eps_spent"}
+
+
+def test_metrics_show_counters_budget_and_health(admin: httpx.Client, worker, anon: httpx.Client) -> None:
+    make_camera(admin, "ball")
+    wait_for(lambda: len(releases_of(admin, "ball")) >= 2, timeout_s=20, what="releases")
+    text = anon.get("/metrics").text
+    assert 'dpstream_camera_health_state{camera="ball",state="STREAMING"} 1.0' in text
+    for name in ("dpstream_frames_released_total", "dpstream_release_latency_seconds_bucket",
+                 "dpstream_camera_epsilon_spent", "dpstream_camera_budget_remaining",
+                 "dpstream_api_request_duration_seconds_bucket", "dpstream_redis_errors_total"):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("layout", ["fixed", "previous"])
+def test_layout_modes_run_in_the_worker(admin: httpx.Client, worker, layout: str) -> None:
+    make_camera(admin, "ball", layout=layout)
+    wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")
+    assert releases_of(admin, "ball")[0]["layout"] == layout

@@ -71,7 +71,7 @@ class CameraSettings(Model):
     release_fps: float = Field(default=1.0, gt=0, le=120, description="Releases per second at most "
                                "(frames/s).")
     eps_window: float = Field(
-        default=10.0, gt=0, le=1e6,
+        default=10.0, gt=0, le=1e4,
         description="Epsilon budget of any sliding window of window_s seconds; a frame that would overspend "
         "is not released (the last release repeats).",
     )
@@ -137,6 +137,7 @@ class Camera(CameraCreate):
         from dp import ConfigError, PixelizeSpec
 
         spec = PixelizeSpec(**self.spec_kwargs())
+        self.new_ledger()  # dp validates the window too
         if spec.eps_frame > self.eps_window * (1 + 1e-12):
             raise ConfigError(
                 f"eps_window={self.eps_window} is below one release's cost eps_frame={spec.eps_frame:g} "

@@ -27,6 +27,7 @@ from dp.errors import ConfigError, StoreUnavailable
 from service.metrics import LEASES_HELD, REDIS_ERRORS
 from service.models import Camera
 from service.publisher import ReleasePublisher
+from service.redaction import redact_text
 from service.settings import Settings
 from service.store import SyncStore
 
@@ -39,6 +40,22 @@ class CameraRunner(Protocol):
     def stop(self) -> None: ...
     def apply(self, camera: Camera) -> None: ...
     def status(self) -> dict[str, Any]: ...
+
+
+class FailedRunner:
+    """Stands in for a camera whose runner could not be built: reports FAILED until its config changes."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def stop(self) -> None:
+        pass
+
+    def apply(self, camera: Camera) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "FAILED", "reason": self.reason}
 
 
 def default_worker_id() -> str:
@@ -199,24 +216,26 @@ class WorkerProcess:
         self._next_wait_s = min([self.settings.heartbeat_interval_s, *(t + 0.05 for t in live)])
 
     def _start_camera(self, cam: Camera) -> None:
-        try:
-            runner = self._runner_factory(cam)
-        except Exception as err:  # a bad camera is a FAILED state, never a crashed worker
-            from service.redaction import redact_text
-
-            reason = redact_text(str(err))
-            log.warning("camera failed to start camera_id=%s: %s", cam.id, reason)
-            self.store.set_status(cam.id, {"state": "FAILED", "reason": reason, "updated_s": time.time()},
-                                  ttl_s=self.settings.lease_ttl_s * 3)
-            self.store.release_lease(cam.id, self.worker_id)
-            return
+        runner = self._make_runner(cam)
         with self._lock:
             self._owned[cam.id] = Owned(cam, runner)
         log.info("camera claimed camera_id=%s worker_id=%s", cam.id, self.worker_id)
 
+    def _make_runner(self, cam: Camera) -> CameraRunner:
+        try:
+            return self._runner_factory(cam)
+        except Exception as err:  # a bad camera is a FAILED state held by this worker, never a crash
+            reason = redact_text(str(err))
+            log.warning("camera failed to start camera_id=%s: %s", cam.id, reason)
+            return FailedRunner(reason)
+
     def _apply(self, cid: str, cam: Camera) -> None:
         owned = self._owned.get(cid)
         if owned is None or cam.version <= owned.camera.version:
+            return
+        if isinstance(owned.runner, FailedRunner):  # a new version may fix it: try again
+            owned.runner = self._make_runner(cam)
+            owned.camera = cam
             return
         try:
             owned.runner.apply(cam)

@@ -100,6 +100,7 @@ def test_source_credentials_are_never_returned(admin: httpx.Client) -> None:
         ({"layout": "previous", "cell_sizes": [3, 16]}, "cell_sizes"),  # 3 does not divide block_size 32
         ({"layout": "map"}, "layout_map"),
         ({"eps_pix": 2.0, "eps_window": 1.0}, "eps_window"),  # one release would overspend any window
+        ({"eps_window": 1e5}, "eps_window"),
         ({"colour": "red"}, "colour"),  # unknown fields are refused
         ({"id": "Not A Slug"}, "id"),
     ],

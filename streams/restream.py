@@ -7,6 +7,10 @@ on a key frame at once, whatever the release rate); nothing is reconstructed or 
 watches. The latest frame is pushed again every ``keepalive_s`` so players do not time out when releases
 are rare (low ``release_fps``, an exhausted budget or a camera that is down).
 
+Calling the sink only records the release and wakes the mount's own thread, which reconstructs and
+encodes: a viewer never slows the worker's release path. When encoding falls behind, the video shows the
+newest release and skips older ones (``releases_seen - frames_pushed`` grows); the store still gets all.
+
 Created by :meth:`streams.rtsp_server.LocalRtspServer.serve_private`, which mounts it at
 ``/<camera_id>/private``.
 """
@@ -22,7 +26,7 @@ import numpy as np
 from dp import Release
 from dp.errors import ConfigError
 
-from .gst import GLib, Gst, GstRtspServer
+from .gst import Gst, GstRtspServer
 from .writer import EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,6 @@ class PrivateMount:
         *,
         encoder: EncoderSettings | None = None,
         keepalive_s: float = 1.0,
-        context: GLib.MainContext | None = None,
     ) -> None:
         self.camera_id = camera_id
         self.path = path
@@ -81,12 +84,11 @@ class PrivateMount:
         )
         self.factory.set_shared(False)  # one encoder per client: every client starts on a key frame
         self.factory.connect("media-configure", self._on_media_configure)
-        self._keepalive_source: GLib.Source | None = None
-        if context is not None and keepalive_s > 0:
-            source = GLib.timeout_source_new(int(keepalive_s * 1000))
-            source.set_callback(self._keepalive)
-            source.attach(context)
-            self._keepalive_source = source
+        self._wake = threading.Condition(self._lock)
+        self._pending = False  # a release not yet pushed
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"dpstream-private-{camera_id}", daemon=True)
+        self._thread.start()
 
     @property
     def clients(self) -> int:
@@ -105,19 +107,37 @@ class PrivateMount:
             self.releases_seen += 1
             self._latest = release
             self._latest_frame = None
-            if not self._appsrcs:
-                return  # nobody watches: do not reconstruct or encode
-        self._push_latest()
+            if self._appsrcs:  # nobody watches: do not reconstruct or encode
+                self._pending = True
+                self._wake.notify()
 
-    def close(self) -> None:
-        """Stop the keepalive timer and end every client's stream."""
-        if self._keepalive_source is not None:
-            self._keepalive_source.destroy()
-            self._keepalive_source = None
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the mount's thread and end every client's stream. Idempotent."""
         with self._lock:
+            self._closed = True
+            self._wake.notify_all()
             srcs, self._appsrcs = self._appsrcs, []
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
         for src in srcs:
             src.emit("end-of-stream")
+
+    def _run(self) -> None:
+        """Push each new release (newest first, older ones skipped) and repeat the last one when idle."""
+        while True:
+            with self._lock:
+                if not self._pending and not self._closed:
+                    self._wake.wait(self.keepalive_s if self.keepalive_s > 0 else None)
+                if self._closed:
+                    return
+                fresh, self._pending = self._pending, False
+                idle_s = time.monotonic() - self._last_push_mono
+                watched = bool(self._appsrcs)
+            if watched and (fresh or (self.keepalive_s > 0 and idle_s >= self.keepalive_s)):
+                try:
+                    self._push_latest()
+                except Exception:  # keep serving; never log frame content
+                    log.exception("private mount %s: could not push a frame", self.path)
 
     # --- internals (server thread and release thread) --------------------------------------------
     def _frame_for_latest(self) -> tuple[bytes, Gst.Caps] | None:
@@ -154,18 +174,14 @@ class PrivateMount:
             if ret == Gst.FlowReturn.OK:
                 self.frames_pushed += 1
 
-    def _keepalive(self, *_args) -> bool:
-        if time.monotonic() - self._last_push_mono >= self.keepalive_s and self.clients:
-            self._push_latest()
-        return True  # keep the timer
-
     def _on_media_configure(self, _factory, media) -> None:
         src = media.get_element().get_by_name("src")
+        media.connect("unprepared", self._on_media_unprepared, src)
         with self._lock:
             self._appsrcs.append(src)
-        media.connect("unprepared", self._on_media_unprepared, src)
+            self._pending = self._latest is not None  # a new client sees the current frame at once
+            self._wake.notify()
         log.info("private mount %s: client connected", self.path)
-        self._push_latest()  # a new client sees the current privatized frame at once
 
     def _on_media_unprepared(self, _media, src) -> None:
         with self._lock:

@@ -220,8 +220,12 @@ class LocalRtspServer:
         self._mounts.add_factory(mount, factory)
         return handle
 
-    def serve_file(self, mount: str, path: str) -> None:
-        """Serve an H.264 MP4 file as is (no re-encoding), paced in real time, shared by all clients."""
+    def serve_file(self, mount: str, path: str, *, shared: bool = False) -> None:
+        """Serve an H.264 MP4 file as is (no re-encoding), paced in real time.
+
+        Each client gets its own pipeline from the start of the file (``shared=False``, the default: every
+        client starts on a key frame); ``shared=True`` makes later clients join the first one's playback.
+        """
         self._check_mount(mount)
         spec = parse_source(path)
         if spec.kind != "file":
@@ -247,7 +251,7 @@ class LocalRtspServer:
         path = f"/{camera_id}/private"
         if path in self._private:
             return self._private[path]
-        mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s, context=self._context)
+        mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s)
         self._secure(mount.factory)
         self._mounts.add_factory(path, mount.factory)
         self._private[path] = mount

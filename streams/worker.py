@@ -291,6 +291,11 @@ class CameraWorker:
             queue_depth=len(self._queue),
         )
 
+    def latency_samples_s(self) -> list[float]:
+        """The most recent capture-to-release latencies (up to 1024), oldest first, in seconds."""
+        with self._stats_lock:
+            return list(self._latencies)
+
     @property
     def last_release(self) -> Release | None:
         """The most recent fresh release (privatized; safe to serve)."""
@@ -528,8 +533,9 @@ class CameraWorker:
             return True
         interval = 1.0 / self._release_fps
         due = self._next_due_s
-        # A small tolerance absorbs capture jitter: 30 fps frames are not exactly 1/30 s apart.
-        if due is not None and t_s < due - 0.1 * interval:
+        # Half an interval of tolerance absorbs capture jitter (30 fps frames are not exactly 1/30 s apart),
+        # so release_fps equal to the camera rate keeps every frame; the schedule keeps the mean rate.
+        if due is not None and t_s < due - 0.5 * interval:
             return False
         # Advance the schedule by whole intervals (keeps the mean rate), resynchronise after a gap.
         self._next_due_s = t_s + interval if due is None or t_s > due + interval else due + interval

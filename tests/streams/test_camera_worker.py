@@ -307,3 +307,14 @@ def test_blocking_queue_releases_every_frame_of_a_file_without_drops(tmp_path, w
     assert first_pass == list(range(40))
     stamps = [r.timestamp_s for r in sink.snapshot()[:40]]  # media time: 1/30 s apart, whatever the speed
     assert stamps[0] < 0.2 and np.diff(stamps) == pytest.approx(np.full(39, 1 / 30), abs=1e-3)
+
+
+def test_source_in_an_unknown_format_is_failed_as_unsupported(tmp_path, workers):
+    junk = tmp_path / "camera.mp4"
+    junk.write_bytes(b"\x00\x01 definitely not a video container " * 500)
+    worker = make_worker(str(junk), [], failed_retry_s=60.0)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.health.state is HealthState.FAILED, 10)
+    assert "unsupported codec or container" in worker.health.reason
+    assert worker.stats.frames_ingested == 0

@@ -1,0 +1,1 @@
+"""dpstream attacks package."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from service.redaction import redact_url
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+ENTRY_ID_PATTERN = r"^[0-9]{1,19}-[0-9]{1,19}$"  # 19 digits stay below 2**64, the largest id part
 HealthState = Literal["STARTING", "STREAMING", "STALLED", "RECONNECTING", "FAILED", "DISABLED", "UNASSIGNED"]
 HEALTH_STATES: tuple[str, ...] = HealthState.__args__  # type: ignore[attr-defined]
 

@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
         metrics_port: Annotated[int | None, typer.Option(
             help="Serve this worker's /metrics on this port (0: off) [env DPSTREAM_WORKER_METRICS_PORT].",
             min=0, max=65535)] = None,
+        rtsp_port: Annotated[int | None, typer.Option(
+            help="Re-stream each camera's releases as H.264 at rtsp://HOST:PORT/<camera>/private "
+                 "(default: off).", min=1, max=65535)] = None,
     ) -> None:
         """A worker: claims cameras through Redis leases and runs them until SIGTERM/Ctrl-C."""
         from service.logsetup import setup_logging
@@ -83,10 +86,19 @@ def register(app: typer.Typer) -> None:
             from prometheus_client import start_http_server
 
             start_http_server(settings.worker_metrics_port, addr=settings.host)
-        proc = WorkerProcess(settings)
+        rtsp = None
+        if rtsp_port:
+            from streams.rtsp_server import LocalRtspServer
+
+            rtsp = LocalRtspServer(port=rtsp_port, host=settings.host).start()
+        proc = WorkerProcess(settings, rtsp_server=rtsp)
         signal.signal(signal.SIGTERM, lambda *_: proc.request_stop())
         signal.signal(signal.SIGINT, lambda *_: proc.request_stop())
-        proc.run()
+        try:
+            proc.run()
+        finally:
+            if rtsp is not None:
+                rtsp.stop()
 
     token = typer.Typer(help="API keys.", no_args_is_help=True)
     app.add_typer(token, name="token")

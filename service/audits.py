@@ -38,7 +38,8 @@ def new_audit_id() -> str:
 
 def mechanism_command(req: AuditRequest, out: Path) -> list[str]:
     return [sys.executable, "-m", "attacks", "mechanism", "--eps-pix", repr(float(req.eps_pix)),
-            "--m-pixels", str(int(req.m_pixels)), "--json", str(out)]
+            "--m-pixels", str(int(req.m_pixels)), "--cell-size", str(int(req.cell_size)),
+            "--channels", str(int(req.channels)), "--n-eval", str(int(req.n_eval)), "--json", str(out)]
 
 
 class AuditRunner:
@@ -57,7 +58,7 @@ class AuditRunner:
     async def start(self, req: AuditRequest) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": new_audit_id(), "kind": "mechanism", "state": "running",
                                "request": req.model_dump(), "started_s": time.time(), "finished_s": None,
-                               "error": None, "report": None}
+                               "error": None, "passed": None, "report": None}
         await self._store.put_audit(doc["id"], doc)
         task = asyncio.create_task(self._run(doc, req))
         self._tasks.add(task)
@@ -77,11 +78,13 @@ class AuditRunner:
                     proc.kill()
                     await proc.wait()
                     raise RuntimeError(f"audit ran past {self._timeout_s:.0f} s and was stopped") from None
-                if proc.returncode != 0:
-                    tail = redact_text(err.decode(errors="replace").strip().splitlines()[-1:][0]
-                                       if err.strip() else "")
+                # exit 1 is a finished audit that found a violation: a result, reported as passed=false
+                if proc.returncode not in (0, 1) or not out.exists():
+                    lines = err.decode(errors="replace").strip().splitlines()
+                    tail = redact_text(lines[-1]) if lines else ""
                     raise RuntimeError(f"attacks exited with {proc.returncode}: {tail}")
                 doc["report"] = json.loads(out.read_text())
+                doc["passed"] = bool(doc["report"].get("passed", proc.returncode == 0))
                 doc["state"] = "done"
             except Exception as exc:  # an audit failing is a state, never a crashed API
                 log.warning("audit failed audit_id=%s error=%s", doc["id"], exc)

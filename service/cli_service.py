@@ -30,7 +30,7 @@ def _settings(**overrides) -> Settings:
 def _with_default_redis(settings: Settings) -> Settings:
     if settings.redis_url:
         return settings
-    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{EMBEDDED_PORT}/0"})
+    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{settings.embedded_redis_port}/0"})
 
 
 def register(app: typer.Typer) -> None:

@@ -241,8 +241,14 @@ class ReleaseSummary(Model):
 
 
 class AuditRequest(Model):
+    """An empirical audit of the pixelization mechanism: a lower bound on its privacy loss, with confidence."""
+
     eps_pix: float = Field(default=1.0, gt=0, le=100, description="Epsilon of the mechanism under audit.")
     m_pixels: int = Field(default=16, ge=1, le=4096, description="Pixel positions protected (threat model).")
+    cell_size: int = Field(default=16, ge=1, le=256, description="Cell side in pixels of the fixed layout.")
+    channels: Literal[1, 3] = Field(default=3, description="Channels of the audited frames.")
+    n_eval: int = Field(default=200_000, ge=1000, le=5_000_000, description="Releases per frame for the "
+                        "bound (more: tighter bound, longer run).")
 
 
 class Audit(Model):
@@ -253,6 +259,8 @@ class Audit(Model):
     started_s: float
     finished_s: float | None = None
     error: str | None = None
+    passed: bool | None = Field(default=None, description="Whether the measured lower bound stays within the "
+                                "claimed epsilon (null until done).")
     report: dict[str, Any] | None = None
 
 

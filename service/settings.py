@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         default="auto", pattern=r"^(auto|cpu|cuda)$",
         validation_alias=AliasChoices("backend", "DPSTREAM_BACKEND"),
     )
+    embedded_redis_port: int = Field(
+        default=6390, ge=1, le=65535,
+        validation_alias=AliasChoices("embedded_redis_port", "DPSTREAM_EMBEDDED_REDIS_PORT"),
+        description="Port of the embedded Valkey that `dpstream up` starts when REDIS_URL is unset.",
+    )
     rtsp_port: int = Field(
         default=8554, ge=0, le=65535,
         validation_alias=AliasChoices("rtsp_port", "DPSTREAM_RTSP_PORT"),

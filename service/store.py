@@ -35,7 +35,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Store one release atomically, only while the camera exists (a release still in flight when the camera is
+# Store one release atomically (exact MAXLEN: one entry trimmed per entry added, so retention is exact), only while the camera exists (a release still in flight when the camera is
 # deleted must not re-create its keys). KEYS: camera, stream, latest, ledger. ARGV: maxlen, minid ("" for
 # none), ledger json ("" for none), ledger ttl ms, then field/value pairs.
 _APPEND_LUA = """
@@ -44,7 +44,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], '*', unpack(fields))
 if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
 end

@@ -50,7 +50,7 @@ def run_up(settings: Settings, *, demo: bool = True) -> int:
     with contextlib.ExitStack() as stack:
         redis_line = redact_url(settings.redis_url or "")
         if not settings.redis_url:
-            valkey = stack.enter_context(EmbeddedValkey(settings.data_dir))
+            valkey = stack.enter_context(EmbeddedValkey(settings.data_dir, port=settings.embedded_redis_port))
             settings = settings.model_copy(update={"redis_url": valkey.url})
             redis_line = f"embedded Valkey {valkey.url} (append-only, data in {valkey.data_dir})"
         store = SyncStore(settings.redis_url, prefix=settings.key_prefix)

@@ -1,0 +1,93 @@
+"""The service commands: `token create` against a real Valkey, and `dpstream up` as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from dp import Release
+from service.cli import app
+from tests.service.conftest import free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_token_create_prints_a_working_key_of_the_asked_scope(redis_url: str, anon: httpx.Client) -> None:
+    result = CliRunner().invoke(app, ["token", "create", "--scope", "read", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip()
+    assert token.startswith("dps_")
+    h = {"Authorization": f"Bearer {token}"}
+    assert anon.get("/api/v1/cameras", headers=h).status_code == 200
+    assert anon.post("/api/v1/cameras", headers=h, json={"source": "test:ball"}).status_code == 403
+
+
+def test_token_create_refuses_an_unknown_scope(redis_url: str) -> None:
+    result = CliRunner().invoke(app, ["token", "create", "--scope", "root", "--redis-url", redis_url])
+    assert result.exit_code != 0
+
+
+def test_token_create_says_what_to_do_when_redis_is_down() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = CliRunner().invoke(app, ["token", "create", "--redis-url", url])
+    assert result.exit_code == 1 and "REDIS_URL" in result.output
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    api_port, valkey_port, rtsp_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DPSTREAM_ADMIN_TOKEN")}
+    env.update(DPSTREAM_DATA=str(tmp_path / "var"), DPSTREAM_EMBEDDED_REDIS_PORT=str(valkey_port),
+               DPSTREAM_RTSP_PORT=str(rtsp_port), PYTHONUNBUFFERED="1")
+    out_path = tmp_path / "up.log"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(api_port)], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            token = wait_for(lambda: (m := re.search(r"(dps_[A-Za-z0-9_-]+)", out_path.read_text())) and m.group(1),
+                             timeout_s=30, what="the admin token printed")
+            text = out_path.read_text()
+            assert f"http://127.0.0.1:{api_port}" in text and "/docs" in text and "Bearer" in text
+            h = {"Authorization": f"Bearer {token}"}
+            base = f"http://127.0.0.1:{api_port}"
+
+            def demo_release() -> bytes | None:
+                try:
+                    r = httpx.get(f"{base}/api/v1/cameras/demo/releases/latest", headers=h, timeout=2)
+                except httpx.HTTPError:
+                    return None
+                return r.content if r.status_code == 200 else None
+
+            data = wait_for(demo_release, timeout_s=40, interval_s=0.2, what="a release of the demo camera")
+            assert Release.from_bytes(data).camera_id == "demo"
+            status = httpx.get(f"{base}/api/v1/cameras/demo/status", headers=h).json()
+            assert status["state"] == "STREAMING"
+            assert status["private_rtsp"] == f"rtsp://127.0.0.1:{rtsp_port}/demo/private"
+            cam = httpx.get(f"{base}/api/v1/cameras/demo", headers=h).json()
+            assert cam["source"].startswith("rtsp://127.0.0.1:")  # the demo goes through real RTSP
+
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for port in (api_port, valkey_port, rtsp_port):
+        assert not port_open(port), port
+    assert list((tmp_path / "var" / "valkey").rglob("*.aof")), "append-only files under DPSTREAM_DATA"
+    assert "stopping" in out_path.read_text()

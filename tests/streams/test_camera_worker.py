@@ -318,3 +318,26 @@ def test_source_in_an_unknown_format_is_failed_as_unsupported(tmp_path, workers)
     assert wait_for(lambda: worker.health.state is HealthState.FAILED, 10)
     assert "unsupported codec or container" in worker.health.reason
     assert worker.stats.frames_ingested == 0
+
+
+def test_silent_server_is_stalled_then_reconnected_and_recovers(server_process, workers):
+    """SIGSTOP keeps the TCP connection open but sends nothing: only the frame clock can notice."""
+    import os
+    import signal
+
+    server = server_process(free_port(), "--mount", "/cam", "--width", "160", "--height", "120")
+    url = server.start()
+    health = HealthLog()
+    worker = make_worker(url, [], on_health_change=health, stall_timeout_s=1.0, connect_timeout_s=2.0)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.health.state is HealthState.STREAMING, 15)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: worker.health.state is HealthState.STALLED, 5)
+        assert "no frame for" in worker.health.reason
+        assert wait_for(lambda: worker.health.state is HealthState.RECONNECTING, 5)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert wait_for(lambda: worker.health.state is HealthState.STREAMING, 15)
+    assert worker.stats.reconnects >= 1

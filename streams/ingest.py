@@ -117,6 +117,8 @@ class FrameSource:
         on_frame: push mode callback, called from a GStreamer streaming thread; must not block.
         convert_threads: threads for videoconvert (0 = one per CPU).
         tcp_timeout_s: RTSP connection timeout.
+        tls_validate: for ``rtsps://``, validate the server certificate (``False`` accepts self-signed
+            camera certificates: the stream is still encrypted, but the server is not authenticated).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class FrameSource:
         convert_threads: int = 0,
         tcp_timeout_s: float = 10.0,
         max_buffers: int = 4,
+        tls_validate: bool = True,
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
@@ -156,6 +159,8 @@ class FrameSource:
             src.set_property("tcp-timeout", int(tcp_timeout_s * 1_000_000))
             # UDP: if no packet arrives in this time rtspsrc retries over TCP; keep it short.
             src.set_property("timeout", int(min(tcp_timeout_s, 5.0) * 1_000_000))
+            if not tls_validate:
+                src.set_property("tls-validation-flags", 0)
         elif self.spec.kind == "file":
             src.set_property("location", self.spec.location)
         self.sink = self.pipeline.get_by_name("sink")
@@ -288,6 +293,7 @@ def iter_frames(
     realtime: bool = False,
     first_frame_timeout_s: float = 20.0,
     stall_timeout_s: float = 10.0,
+    tls_validate: bool = True,
 ) -> Iterator[Frame]:
     """Yield decoded frames of ``uri`` until it ends, ``max_frames`` were yielded or ``duration_s`` passed.
 

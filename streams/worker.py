@@ -137,6 +137,7 @@ class CameraWorker:
         reconnect_backoff_s, reconnect_backoff_max_s: exponential backoff bounds (with jitter in [50%, 100%]).
         failed_retry_s: retry interval in FAILED for refused credentials, missing stream or codec errors.
         transport, latency_ms: RTSP transport (``"tcp"``/``"udp"``) and jitter-buffer latency.
+        tls_validate: for ``rtsps://``, validate the camera's certificate (``False``: accept self-signed).
         channels: 3 (RGB) or 1 (grey); must equal ``spec.channels``.
         backend: dp backend (``"auto"``, ``"cpu"``, ``"cuda"``).
         convert_threads: videoconvert threads per camera (1 suits many cameras per node).
@@ -162,6 +163,7 @@ class CameraWorker:
         failed_retry_s: float = 30.0,
         transport: str = "tcp",
         latency_ms: int = 50,
+        tls_validate: bool = True,
         channels: int | None = None,
         backend: str = "auto",
         convert_threads: int = 1,
@@ -206,6 +208,7 @@ class CameraWorker:
         self._failed_retry_s = float(failed_retry_s)
         self._transport = transport
         self._latency_ms = latency_ms
+        self._tls_validate = tls_validate
         self._channels = channels
         self._convert_threads = convert_threads
         self._pixelizer = Pixelizer(spec, backend=backend)
@@ -462,6 +465,7 @@ class CameraWorker:
                 on_frame=self._on_frame,
                 convert_threads=self._convert_threads,
                 tcp_timeout_s=self._connect_timeout_s,
+                tls_validate=self._tls_validate,
             )
         except DpstreamError as exc:
             return "fatal", self._redact(str(exc))

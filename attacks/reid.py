@@ -247,7 +247,9 @@ def build_settings(
 
 
 def _run_chunk(args: tuple) -> dict:
-    faceset, settings, cfg = args
+    faceset, settings, cfg, log_level = args
+    # a spawned worker starts with logging unconfigured
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     return run_reid(faceset, settings, cfg).to_dict()
 
 
@@ -273,7 +275,7 @@ def run_reid_parallel(
     merged: ReidReport | None = None
     # spawn: a fresh interpreter per worker, so no dlib or torch state is inherited through fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_chunk, (faceset, chunk, cfg)): chunk for chunk in chunks if chunk}
+        futures = {pool.submit(_run_chunk, (faceset, chunk, cfg, logging.getLogger().level)): chunk for chunk in chunks if chunk}
         for fut in as_completed(futures):
             d = fut.result()
             part = ReidReport(**{k: v for k, v in d.items() if k != "results"})

@@ -41,6 +41,13 @@ class CameraLedger(Ledger):
         with self._lock:
             self.eps_window, self.window_s, self._limit = probe.eps_window, probe.window_s, probe._limit
 
+    def try_spend(self, t_s: float, eps: float) -> bool:
+        # after a takeover the last spend may carry another machine's clock, a little ahead of ours; charging
+        # at the later time is conservative (the spend stays in the window longer) and avoids refusing
+        # every frame until our clock catches up
+        last = self._last_t
+        return super().try_spend(t_s if last is None else max(t_s, last), eps)
+
     @classmethod
     def for_camera(cls, camera: Camera, state: dict[str, Any] | None) -> CameraLedger:
         ledger = cls(camera.eps_window, camera.window_s)

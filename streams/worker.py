@@ -80,7 +80,7 @@ class WorkerStats:
     frames_skipped: int = 0  # frames not released because of release_fps
     release_errors: int = 0  # frames the pixelizer rejected (logged)
     sink_errors: int = 0  # sink calls that raised (logged)
-    reconnects: int = 0  # pipeline rebuilds after an error, end of stream or stall
+    reconnects: int = 0  # pipeline rebuilds after an error, end of stream or stall (and file loops)
     fps: float = 0.0  # ingest rate over the last seconds
     release_fps: float = 0.0  # fresh-release rate over the last seconds
     last_release_latency_s: float | None = None
@@ -432,7 +432,7 @@ class CameraWorker:
             return
         attempt = 0
         while not self._stop.is_set():
-            outcome, reason = self._run_pipeline_once(first=attempt == 0)
+            outcome, reason = self._run_pipeline_once()
             if self._stop.is_set():
                 break
             if outcome == "streamed":
@@ -453,7 +453,7 @@ class CameraWorker:
             self.log.info("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
             self._stop.wait(delay)
 
-    def _run_pipeline_once(self, *, first: bool) -> tuple[str, str]:
+    def _run_pipeline_once(self) -> tuple[str, str]:
         """Run one pipeline until it fails, ends or stalls. Returns (outcome, redacted reason)."""
         try:
             source = FrameSource(
@@ -484,9 +484,9 @@ class CameraWorker:
                             "fatal" if event.fatal else ("streamed" if streamed else "error")
                         ), event.reason
                     if event.kind == "eos":
-                        return (
-                            "eos-loop" if is_file else ("streamed" if streamed else "error")
-                        ), "end of stream"
+                        if is_file:
+                            return "eos-loop", "end of file"
+                        return ("streamed" if streamed else "error"), "the server ended the stream"
                     if event.kind == "warning":
                         self.log.warning("camera %s: %s", self.camera_id, event.reason)
                 now = time.monotonic()
@@ -499,7 +499,10 @@ class CameraWorker:
                             HealthState.STREAMING, f"{self._last_size_text()} from {self.source_display}"
                         )
                     elif silent_s < 2 * self._stall_timeout_s:
-                        self._health.set(HealthState.STALLED, f"no frame for {silent_s:.1f} s")
+                        # a fixed reason: the callback fires on change, not on every poll
+                        self._health.set(
+                            HealthState.STALLED, f"no frame for over {self._stall_timeout_s:g} s"
+                        )
                     else:
                         return "streamed", f"no frame for {silent_s:.1f} s; reconnecting"
                 elif now - started > self._connect_timeout_s:

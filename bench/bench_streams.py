@@ -259,6 +259,44 @@ def capacity(
     return rows
 
 
+def markdown(results: dict) -> str:
+    """The tables for docs/benchmarks.md."""
+    env = results["environment"]
+    lines = [
+        f"{env['cpus']} CPUs, GStreamer {env['gstreamer']}, Python {env['python']}; "
+        f"1-min load average {env['loadavg_1m_at_start']:.1f} at start, {env.get('loadavg_1m_at_end', float('nan')):.1f} at end.",
+        "",
+    ]
+    if results["throughput"]:
+        lines += [
+            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path | full / decode-RGB | full + 1 viewer |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["throughput"]:
+            lines.append(
+                f"| {r['resolution']} | {r['decode_fps']:.0f} | {r['decode_rgb_fps']:.0f} | {r['ingest_fps']:.0f} | "
+                f"{r['release_only_fps']:.0f} | {r['full_fps']:.0f} | {r['full_vs_decode_rgb']:.0%} | "
+                f"{r['full_viewer_fps']:.0f} |"
+            )
+        lines.append("")
+    if results["capacity"]:
+        lines += [
+            "| clip | release rate | cameras | dropped | min release fps | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["capacity"]:
+            rate = "every frame" if math.isinf(r["release_fps"]) else f"{r['release_fps']:g}/s"
+
+            def ms(v):
+                return "-" if v is None else f"{v:.0f}"
+
+            lines.append(
+                f"| {r['resolution']} | {rate} | {r['cameras']} | {r['dropped']} | {r['min_release_fps']:.1f} | "
+                f"{ms(r['latency_p50_ms'])} | {ms(r['latency_p99_ms'])} | {ms(r['latency_max_ms'])} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["throughput", "capacity", "all"], default="all")
@@ -275,7 +313,11 @@ def main() -> int:
         help="capacity runs, one per release rate",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--markdown", type=Path, help="render an earlier --json file as tables and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     env = {
         "cpus": os.cpu_count(),
@@ -310,6 +352,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
     return 0
 
 

@@ -99,6 +99,10 @@ class WorkerProcess:
         self._live_workers = 1
         self._least_loaded_peer: int | None = None
         self._unleased_before: set[str] = set()
+        self._lost: set[str] = set()
+        self._ids_lock = threading.Lock()  # guards _owned_ids: the renewal thread's view of what we hold
+        self._owned_ids: set[str] = set()
+        self._renew_thread: threading.Thread | None = None
         self._next_wait_s = settings.heartbeat_interval_s
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -108,6 +112,8 @@ class WorkerProcess:
         self._sub_thread.start()
         self._thread = threading.Thread(target=self._loop, name="dpstream-worker", daemon=True)
         self._thread.start()
+        self._renew_thread = threading.Thread(target=self._renew_loop, name="dpstream-leases", daemon=True)
+        self._renew_thread.start()
 
     def run(self) -> None:
         self.start()
@@ -124,8 +130,9 @@ class WorkerProcess:
     def stop(self) -> None:
         """Stop every camera, hand the leases back and leave the worker set (idempotent)."""
         self.request_stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        for thread in (self._thread, self._renew_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
         with self._lock:
             for cid in list(self._owned):
                 self._drop(cid, release_lease=True)
@@ -154,18 +161,12 @@ class WorkerProcess:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One heartbeat: liveness, renew leases, apply config changes, claim cameras, report status."""
-        ttl = self.settings.lease_ttl_s
-        loads = self.store.heartbeat_worker(
-            self.worker_id, ttl, {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-                                  "cameras": len(self.camera_ids), "time_s": time.time()})
-        self._live_workers = max(1, len(loads))
-        self._least_loaded_peer = min((n for w, n in loads.items() if w != self.worker_id), default=None)
+        """One round of coordination: drop lost leases, apply config changes, claim cameras, report status."""
+        self.renew()
         with self._lock:
-            for cid in list(self._owned):
-                # a lease that expired meanwhile (e.g. Redis was down) is taken back unless another has it
-                renewed = self.store.renew_lease(cid, self.worker_id, ttl)
-                if not renewed and not self.store.acquire_lease(cid, self.worker_id, ttl):
+            lost, self._lost = self._lost, set()
+            for cid in lost:
+                if cid in self._owned:
                     log.warning("lease lost camera_id=%s owner=%s", cid, self.store.lease_owner(cid))
                     self._drop(cid, release_lease=False)
         ids = self.store.camera_ids()
@@ -173,6 +174,37 @@ class WorkerProcess:
         self._claim(ids)
         self._report()
         LEASES_HELD.set(len(self._owned))
+
+    def renew(self) -> None:
+        """Liveness and lease renewal only: cheap, and never waits on a camera starting or stopping."""
+        ttl = self.settings.lease_ttl_s
+        with self._ids_lock:
+            owned = sorted(self._owned_ids)
+        loads = self.store.heartbeat_worker(
+            self.worker_id, ttl, {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "cameras": len(owned), "time_s": time.time()})
+        self._live_workers = max(1, len(loads))
+        self._least_loaded_peer = min((n for w, n in loads.items() if w != self.worker_id), default=None)
+        for cid in owned:
+            # a lease that expired meanwhile (e.g. Redis was down) is taken back unless another has it
+            if self.store.renew_lease(cid, self.worker_id, ttl):
+                continue
+            with self._ids_lock:  # never re-take a lease that `_drop` is handing back right now
+                if cid in self._owned_ids and not self.store.acquire_lease(cid, self.worker_id, ttl):
+                    self._lost.add(cid)
+                    self._wake.set()
+
+    def _renew_loop(self) -> None:
+        # a separate thread, so that starting or stopping cameras in `tick` (which can take seconds) never
+        # delays the renewal of the other cameras' leases past their TTL
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.renew()
+            except StoreUnavailable as err:
+                REDIS_ERRORS.labels("worker").inc()
+                log.warning("lease renewal failed worker_id=%s: %s", self.worker_id, err)
+            except Exception:
+                log.exception("lease renewal crashed worker_id=%s", self.worker_id)
 
     def _reconcile(self, ids: list[str]) -> None:
         with self._lock:
@@ -216,6 +248,8 @@ class WorkerProcess:
         self._next_wait_s = min([self.settings.heartbeat_interval_s, *(t + 0.05 for t in live)])
 
     def _start_camera(self, cam: Camera) -> None:
+        with self._ids_lock:  # renewed from now on, while the camera starts
+            self._owned_ids.add(cam.id)
         runner = self._make_runner(cam)
         with self._lock:
             self._owned[cam.id] = Owned(cam, runner)
@@ -246,6 +280,8 @@ class WorkerProcess:
             owned.camera = cam  # do not retry the same version every heartbeat
 
     def _drop(self, cid: str, *, release_lease: bool) -> None:
+        with self._ids_lock:
+            self._owned_ids.discard(cid)
         owned = self._owned.pop(cid, None)
         if owned is not None:
             try:

@@ -80,6 +80,11 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             assert status["private_rtsp"] == f"rtsp://127.0.0.1:{rtsp_port}/demo/private"
             cam = httpx.get(f"{base}/api/v1/cameras/demo", headers=h).json()
             assert cam["source"].startswith("rtsp://127.0.0.1:")  # the demo goes through real RTSP
+            # the privatized re-stream plays as H.264 over RTSP, at the camera's size
+            from streams import iter_frames
+
+            frames = list(iter_frames(status["private_rtsp"], max_frames=2, first_frame_timeout_s=20))
+            assert [f.array.shape for f in frames] == [(240, 320, 3)] * 2
 
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0

@@ -4,6 +4,7 @@ over real HTTP."""
 from __future__ import annotations
 
 import io
+import logging
 
 import httpx
 import pytest
@@ -95,7 +96,8 @@ def test_ledger_never_overspends_the_window(admin: httpx.Client, worker) -> None
     assert b["guarantee"] == {"eps_window": 3.0, "m_pixels": 16, "window_s": 600.0}
 
 
-def test_unreachable_camera_is_a_state_with_a_redacted_reason(admin: httpx.Client, worker) -> None:
+def test_unreachable_camera_is_a_state_with_a_redacted_reason(admin: httpx.Client, worker, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
     make_camera(admin, "gone", source="rtsp://admin:s3cret-pw@127.0.0.1:1/live")
     make_camera(admin, "ball")
     st = wait_for(lambda: (s := status_of(admin, "gone"))["state"] in ("RECONNECTING", "FAILED") and s,
@@ -104,6 +106,7 @@ def test_unreachable_camera_is_a_state_with_a_redacted_reason(admin: httpx.Clien
     # the worker is alive and keeps the healthy camera streaming
     wait_for(lambda: status_of(admin, "ball")["state"] == "STREAMING", timeout_s=20, what="healthy camera")
     assert "s3cret-pw" not in admin.get("/api/v1/cameras/gone").text
+    assert caplog.records and "s3cret-pw" not in caplog.text  # nor in any log line of worker or API
 
 
 def test_deleted_camera_is_stopped_and_its_lease_released(admin: httpx.Client, worker, redis_url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ class StreamsCameraRunner:
         self._worker = None
         self._failed_reason: str | None = None
         self._rtsp = rtsp_server
+        self._last_error: tuple[str, float] | None = None  # (redacted reason, unix time)
         self._private = None  # the /<id>/private re-stream sink, when an RTSP server is given
         camera.to_spec()  # refuse a config dp refuses, before anything starts
         self.ledger = CameraLedger.for_camera(camera, store.load_ledger(camera.id))
@@ -149,7 +151,9 @@ class StreamsCameraRunner:
             ledger_ttl_s=self._ledger_ttl_s(), captured_s=release.timestamp_s))
 
     # --- health and stats --------------------------------------------------------------------------
-    def _health_changed(self, _old, _new) -> None:
+    def _health_changed(self, _old, new) -> None:
+        if new.state.value in ("stalled", "reconnecting", "failed") and new.reason:
+            self._last_error = (redact_text(new.reason), time.time())
         if self._on_change is not None:
             self._on_change()
 
@@ -174,7 +178,10 @@ class StreamsCameraRunner:
             return {"state": state, "reason": self._failed_reason or "disabled by configuration"}
         self._count(worker)
         h, s = worker.health, worker.stats
-        extra = {"private_rtsp": self._rtsp.url(f"/{self._camera.id}/private")} if self._private else {}
+        extra: dict[str, Any] = {"private_rtsp": self._rtsp.url(f"/{self._camera.id}/private")} \
+            if self._private else {}
+        if self._last_error is not None:
+            extra["last_error"], extra["last_error_s"] = self._last_error
         return {**extra,
             "state": h.state.value.upper(), "reason": redact_text(h.reason) or None,
             "fps": round(s.fps, 3), "release_fps": round(s.release_fps, 3),

@@ -62,6 +62,10 @@ class CameraSettings(Model):
     )
     block_size: int = Field(default=32, ge=1, le=256, description="Macro-block side in pixels (adaptive "
                             "layouts).")
+    gradient_clip: int = Field(default=32, ge=1, le=255, description="G: neighbour differences are clipped "
+                               "at this many grey levels in the complexity score (adaptive layouts; public).")
+    detail_gain: float = Field(default=0.25, gt=0, le=100, description="Weight of detail against noise when "
+                               "choosing cell sizes (adaptive layouts; public, dimensionless).")
     eps_layout: float = Field(default=0.0, ge=0, le=1e4, description="Epsilon spent on choosing the layout "
                               "(layout=private only, else 0).")
     layout_map: list[list[int]] | None = Field(
@@ -124,7 +128,8 @@ class Camera(CameraCreate):
     def spec_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
             eps_pix=self.eps_pix, m_pixels=self.m_pixels, channels=self.channels, layout=self.layout,
-            cell_size=self.cell_size, eps_layout=self.eps_layout,
+            cell_size=self.cell_size, eps_layout=self.eps_layout, gradient_clip=self.gradient_clip,
+            detail_gain=self.detail_gain,
         )
         if self.layout != "fixed":
             kwargs.update(cell_sizes=tuple(self.cell_sizes), block_size=self.block_size)
@@ -211,7 +216,11 @@ class Budget(Model):
 class CameraStatus(Model):
     id: str
     state: HealthState
-    reason: str | None = Field(default=None, description="Last error, with credentials redacted.")
+    reason: str | None = Field(default=None, description="Why the camera is in this state (credentials "
+                               "redacted).")
+    last_error: str | None = Field(default=None, description="The last error (stall, reconnect, failure) "
+                                   "since the worker took the camera, credentials redacted.")
+    last_error_s: float | None = Field(default=None, description="Unix time of last_error.")
     fps: float = Field(default=0.0, description="Frames ingested per second (recent).")
     release_fps: float = Field(default=0.0, description="Releases per second (recent).")
     frames_ingested: int = 0

@@ -103,6 +103,8 @@ def test_unreachable_camera_is_a_state_with_a_redacted_reason(admin: httpx.Clien
     st = wait_for(lambda: (s := status_of(admin, "gone"))["state"] in ("RECONNECTING", "FAILED") and s,
                   timeout_s=20, what="RECONNECTING or FAILED")
     assert st["reason"] and "s3cret-pw" not in st["reason"]
+    st = wait_for(lambda: (s := status_of(admin, "gone"))["last_error"] and s, timeout_s=10, what="last_error")
+    assert "s3cret-pw" not in st["last_error"] and st["last_error_s"] > 0
     # the worker is alive and keeps the healthy camera streaming
     wait_for(lambda: status_of(admin, "ball")["state"] == "STREAMING", timeout_s=20, what="healthy camera")
     assert "s3cret-pw" not in admin.get("/api/v1/cameras/gone").text

@@ -223,3 +223,17 @@ def mechanism(
                       f"lower bound {c['eps_lower_bound']:.3f} ({'flagged' if not c['passed'] else 'NOT FLAGGED'})")
     if not passed or (control and not control_flagged):
         raise typer.Exit(1)
+
+
+@app.command()
+def summarize(report: Path = typer.Argument(..., help="A JSON report written by `reid` or `mechanism`."),
+              metric: str = typer.Option("top1", "--metric", help="top1 or top5 (reid reports).")) -> None:
+    """Print a report as a Markdown table."""
+    from attacks.summary import mechanism_table, reid_table
+
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read {report}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(mechanism_table(data) if data.get("command") == "mechanism" else reid_table(data, metric))

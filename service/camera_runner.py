@@ -110,11 +110,15 @@ class StreamsCameraRunner:
             worker.stop()
 
     def stop(self) -> None:
+        """Stop releasing (no more releases reach the publisher after this returns)."""
         self._stop_worker()
         if self._private is not None:
             self._rtsp.remove(f"/{self._camera.id}/private")
             self._private = None
-        # hand the ledger on: whoever claims the camera next starts from this state
+
+    def save_state(self) -> None:
+        """Store the ledger for whoever claims the camera next (call once queued releases are stored: each
+        carries an older snapshot of the ledger)."""
         with contextlib.suppress(StoreUnavailable):  # else the last stored release carries a recent state
             self._store.save_ledger(self._camera.id, self.ledger.to_dict(), ttl_s=self._ledger_ttl_s())
 

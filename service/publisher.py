@@ -39,8 +39,11 @@ class PendingRelease:
 class ReleasePublisher:
     """One per worker process; `submit()` is safe from any thread and never blocks on Redis."""
 
-    def __init__(self, store: SyncStore, *, buffer_s: float, buffer_max: int) -> None:
+    def __init__(self, store: SyncStore, *, buffer_s: float, buffer_max: int, worker_id: str,
+                 lease_ttl_s: float) -> None:
         self._store = store
+        self._worker_id = worker_id
+        self._lease_ttl_s = lease_ttl_s
         self._buffer_s = buffer_s
         self._queue: deque[PendingRelease] = deque()
         self._buffer_max = buffer_max
@@ -49,7 +52,7 @@ class ReleasePublisher:
         self._store_ok = True
         self.submitted = 0
         self.acknowledged = 0
-        self.discarded = 0  # releases of cameras deleted meanwhile
+        self.discarded = 0  # releases of cameras deleted, or taken by another worker, meanwhile
         self.dropped = 0
         self.last_entry_ids: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="dpstream-publisher", daemon=True)
@@ -84,6 +87,17 @@ class ReleasePublisher:
             RELEASES_BUFFERED.set(len(self._queue))
             self._cond.notify_all()
 
+    def flush_camera(self, camera_id: str, timeout_s: float) -> bool:
+        """Wait until every queued release of `camera_id` is stored (True) or `timeout_s` passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while any(p.camera_id == camera_id for p in self._queue):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
     def discard_camera(self, camera_id: str) -> None:
         """Forget queued releases of a camera that was deleted."""
         with self._cond:
@@ -111,7 +125,7 @@ class ReleasePublisher:
                 entry_id = self._store.append_release(
                     item.camera_id, item.data, item.summary, ledger_state=item.ledger_state,
                     retention_releases=item.retention_releases, retention_s=item.retention_s,
-                    ledger_ttl_s=item.ledger_ttl_s)
+                    ledger_ttl_s=item.ledger_ttl_s, worker_id=self._worker_id, lease_ttl_s=self._lease_ttl_s)
             except StoreUnavailable as err:
                 REDIS_ERRORS.labels("worker").inc()
                 if self._store_ok:

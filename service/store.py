@@ -35,15 +35,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Store one release atomically (exact MAXLEN: one entry trimmed per entry added, so retention is exact), only while the camera exists (a release still in flight when the camera is
-# deleted must not re-create its keys). KEYS: camera, stream, latest, ledger. ARGV: maxlen, minid ("" for
-# none), ledger json ("" for none), ledger ttl ms, then field/value pairs.
+# Store one release atomically (exact MAXLEN: one entry trimmed per entry added, so retention is exact),
+# only while the camera exists (a release still in flight when the camera is deleted must not re-create its
+# keys) and only by the lease holder (releases a worker buffered while Redis was down are dropped if another
+# worker took the camera meanwhile: one writer per camera, one consistent ledger). A lease that expired while
+# Redis was down is taken back. KEYS: camera, stream, latest, ledger, lease. ARGV: maxlen, minid ("" for
+# none), ledger json ("" for none), ledger ttl ms, worker id, lease ttl ms, then field/value pairs.
 _APPEND_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+local owner = redis.call('GET', KEYS[5])
+if owner == false then
+  redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6])
+elseif owner ~= ARGV[5] then
+  return false
+end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], '*', unpack(fields))
 if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
@@ -217,10 +226,11 @@ class SyncStore:
     # --- releases, ledger, status --------------------------------------------------------------
     def append_release(
         self, camera_id: str, data: bytes, summary: dict[str, Any], *, ledger_state: dict[str, Any] | None,
-        retention_releases: int, retention_s: float | None, ledger_ttl_s: float,
+        retention_releases: int, retention_s: float | None, ledger_ttl_s: float, worker_id: str,
+        lease_ttl_s: float,
     ) -> str | None:
         """Store one release atomically (stream entry, latest, ledger); returns its stream entry id, or None
-        when the camera no longer exists.
+        when the camera no longer exists or another worker holds its lease.
 
         Once this returns, the release is acknowledged: with append-only persistence it survives a Redis
         restart.
@@ -232,9 +242,10 @@ class SyncStore:
         k = self.keys
         with translate_errors():
             res = self._append(
-                keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id)],
+                keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id),
+                      k.lease(camera_id)],
                 args=[retention_releases, min_id, json.dumps(ledger_state) if ledger_state is not None else "",
-                      int(ledger_ttl_s * 1000), *fields])
+                      int(ledger_ttl_s * 1000), worker_id, int(lease_ttl_s * 1000), *fields])
         return _text(res) if res else None
 
     def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:

@@ -38,6 +38,7 @@ class CameraRunner(Protocol):
     """What the worker needs from a running camera (streams.worker.CameraWorker behind an adapter)."""
 
     def stop(self) -> None: ...
+    def save_state(self) -> None: ...
     def apply(self, camera: Camera) -> None: ...
     def status(self) -> dict[str, Any]: ...
 
@@ -49,6 +50,9 @@ class FailedRunner:
         self.reason = reason
 
     def stop(self) -> None:
+        pass
+
+    def save_state(self) -> None:
         pass
 
     def apply(self, camera: Camera) -> None:
@@ -83,7 +87,8 @@ class WorkerProcess:
         # the publisher has its own connection so a slow store write never delays lease renewal
         self.publisher = ReleasePublisher(
             SyncStore(settings.redis_url, prefix=settings.key_prefix),
-            buffer_s=settings.release_buffer_s, buffer_max=settings.release_buffer_max)
+            buffer_s=settings.release_buffer_s, buffer_max=settings.release_buffer_max, worker_id=self.worker_id,
+            lease_ttl_s=settings.lease_ttl_s)
         self._owned: dict[str, Owned] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -280,6 +285,8 @@ class WorkerProcess:
             owned.camera = cam  # do not retry the same version every heartbeat
 
     def _drop(self, cid: str, *, release_lease: bool) -> None:
+        """Stop a camera. With `release_lease` (a graceful hand-over) its queued releases are stored first,
+        then its ledger, then the lease is handed back, so the next worker starts from the full ledger."""
         with self._ids_lock:
             self._owned_ids.discard(cid)
         owned = self._owned.pop(cid, None)
@@ -288,9 +295,16 @@ class WorkerProcess:
                 owned.runner.stop()
             except Exception:
                 log.exception("camera stop failed camera_id=%s", cid)
-        if release_lease:
-            with contextlib.suppress(StoreUnavailable):  # else it expires by itself
-                self.store.release_lease(cid, self.worker_id)
+        if not release_lease:
+            self.publisher.discard_camera(cid)  # another worker holds it: these would be refused anyway
+            return
+        wait_s = min(5.0, self.settings.lease_ttl_s / 2) if self.publisher.store_ok else 0.0
+        if not self.publisher.flush_camera(cid, timeout_s=wait_s):
+            self.publisher.discard_camera(cid)
+        if owned is not None:
+            owned.runner.save_state()
+        with contextlib.suppress(StoreUnavailable):  # else it expires by itself
+            self.store.release_lease(cid, self.worker_id)
 
     def _report(self) -> None:
         with self._lock:

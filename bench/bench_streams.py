@@ -309,7 +309,7 @@ def main() -> int:
         "--release-fps",
         type=float,
         nargs="+",
-        default=[30.0, 5.0],
+        default=[math.inf, 5.0],
         help="capacity runs, one per release rate",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -141,6 +141,9 @@ class CameraWorker:
         channels: 3 (RGB) or 1 (grey); must equal ``spec.channels``.
         backend: dp backend (``"auto"``, ``"cpu"``, ``"cuda"``).
         convert_threads: videoconvert threads per camera (1 suits many cameras per node).
+        dp_threads: Numba threads for this camera's releases (numba.set_num_threads is per calling
+            thread). 1 suits nodes with several cameras: parallelism comes from the cameras, and OpenMP's
+            spinning teams per camera thread would oversubscribe the cores. 0 keeps Numba's default.
         on_health_change: ``callback(old, new)`` with :class:`CameraHealth` snapshots.
     """
 
@@ -167,6 +170,7 @@ class CameraWorker:
         channels: int | None = None,
         backend: str = "auto",
         convert_threads: int = 1,
+        dp_threads: int = 1,
         on_health_change: Callable[[CameraHealth, CameraHealth], None] | None = None,
     ) -> None:
         if not isinstance(spec, PixelizeSpec):
@@ -211,6 +215,11 @@ class CameraWorker:
         self._tls_validate = tls_validate
         self._channels = channels
         self._convert_threads = convert_threads
+        if dp_threads < 0:
+            raise ConfigError(
+                f"camera {camera_id!r}: dp_threads={dp_threads} must be >= 0 (0: Numba's default)"
+            )
+        self._dp_threads = dp_threads
         self._pixelizer = Pixelizer(spec, backend=backend)
         self._spec = spec
         self._pending: dict = {}  # config changes, applied by the release thread at the next frame
@@ -561,7 +570,18 @@ class CameraWorker:
         except Exception:
             self.log.debug("camera %s: warm-up failed", self.camera_id, exc_info=True)
 
+    def _limit_dp_threads(self) -> None:
+        if not self._dp_threads:
+            return
+        try:
+            import numba  # dp's engine; the limit applies to this (the release) thread only
+
+            numba.set_num_threads(min(self._dp_threads, numba.config.NUMBA_NUM_THREADS))
+        except Exception:
+            self.log.debug("camera %s: could not limit Numba threads", self.camera_id, exc_info=True)
+
     def _release_loop(self) -> None:
+        self._limit_dp_threads()
         self._warm_up()
         while True:
             with self._queue_cv:

@@ -22,6 +22,7 @@ from service.models import (
     camera_config_error,
     new_camera_id,
 )
+from service.redaction import redact_text
 
 log = logging.getLogger("dpstream.api")
 router = APIRouter(prefix="/api/v1/cameras", tags=["cameras"])
@@ -29,12 +30,29 @@ CameraId = Annotated[str, Path(pattern=SLUG_PATTERN, description="Camera slug.")
 INVALID = {422: {"description": "Invalid configuration: `detail[].loc` names the field, `msg` the reason."}}
 
 
+def check_source(source: str) -> None:
+    """Let streams judge the URI (scheme, host, port, test pattern) before a worker tries it.
+
+    Files are not checked here: they live on the worker's machine, which reports FAILED if one is missing.
+    """
+    if source.lower().startswith("file:"):
+        return
+    from streams.sources import parse_source
+
+    parse_source(source)
+
+
 def validated(camera: Camera) -> Camera:
-    """Run dp's own validation of the spec; a refusal is a 422 naming the field."""
+    """Run dp's and streams' own validation; a refusal is a 422 naming the field."""
     try:
         camera.to_spec()
     except ConfigError as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [camera_config_error(err)]) from None
+    try:
+        check_source(camera.source)
+    except ConfigError as err:
+        detail = [{"loc": ["body", "source"], "msg": redact_text(str(err)), "type": "config_error"}]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
     return camera
 
 

@@ -103,10 +103,14 @@ def test_source_credentials_are_never_returned(admin: httpx.Client) -> None:
         ({"eps_window": 1e5}, "eps_window"),
         ({"colour": "red"}, "colour"),  # unknown fields are refused
         ({"id": "Not A Slug"}, "id"),
+        ({"source": "ftp://cam/live"}, "source"),  # streams refuses the scheme
+        ({"source": "test:nosuchpattern"}, "source"),
+        ({"source": "rtsp://:554/live"}, "source"),  # no host
     ],
 )
 def test_invalid_config_is_422_naming_the_field(admin: httpx.Client, body: dict, field: str) -> None:
     r = admin.post("/api/v1/cameras", json={"source": TEST_SOURCE, **body})
+    assert "Traceback" not in r.text
     assert r.status_code == 422, r.text
     locs = [e["loc"] for e in r.json()["detail"]]
     assert any(field in loc for loc in locs), locs

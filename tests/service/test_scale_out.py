@@ -23,12 +23,13 @@ LEASE_TTL_S = 3.0
 REPO = Path(__file__).resolve().parents[2]
 
 
-def spawn_worker(redis_url: str, worker_id: str, log_path: Path) -> subprocess.Popen:
+def spawn_worker(redis_url: str, worker_id: str, log_path: Path, metrics_port: int = 0) -> subprocess.Popen:
     env = {**os.environ, "DPSTREAM_LEASE_TTL_S": str(LEASE_TTL_S), "DPSTREAM_WORKER_ID": worker_id,
            "DPSTREAM_STALL_TIMEOUT_S": "3"}
     env.pop("REDIS_URL", None)
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url],
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--redis-url", redis_url,
+                             "--metrics-port", str(metrics_port)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc._log = log  # type: ignore[attr-defined]
     return proc
@@ -49,7 +50,8 @@ def reap(proc: subprocess.Popen) -> None:
 def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
     admin: httpx.Client, redis_url: str, tmp_path: Path
 ) -> None:
-    workers = {wid: spawn_worker(redis_url, wid, tmp_path / f"{wid}.log") for wid in ("w1", "w2")}
+    metrics_ports = {"w1": free_port(), "w2": free_port()}
+    workers = {wid: spawn_worker(redis_url, wid, tmp_path / f"{wid}.log", metrics_ports[wid]) for wid in ("w1", "w2")}
     try:
         for cid in ("a", "b"):
             make_camera(admin, cid)
@@ -60,6 +62,10 @@ def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
             and all(releases_of(admin, c) for c in ("a", "b")) and o,
             timeout_s=60, interval_s=0.2, what="one streaming camera per worker")
         victim, survivor = owners["a"], owners["b"]
+        # each worker process serves its own counters (the API serves the per-camera gauges)
+        for wid, cid in ((victim, "a"), (survivor, "b")):
+            text = httpx.get(f"http://127.0.0.1:{metrics_ports[wid]}/metrics").text
+            assert f'dpstream_frames_released_total{{camera="{cid}"}}' in text
         workers[victim].kill()  # SIGKILL: no chance to hand the lease back
         killed_at = time.monotonic()
         workers[victim].wait(timeout=10)

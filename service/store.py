@@ -111,8 +111,9 @@ def summary_from_fields(entry_id: str | bytes, fields: dict[bytes, bytes]) -> Re
 
 
 def status_from_json(camera_id: str, raw: bytes | None, worker: bytes | None) -> CameraStatus:
-    if raw is None:
-        return CameraStatus(id=camera_id, state="UNASSIGNED", worker=_text(worker) if worker else None)
+    if raw is None:  # claimed but not reported yet: starting; else nobody runs it
+        return CameraStatus(id=camera_id, state="STARTING" if worker else "UNASSIGNED",
+                            worker=_text(worker) if worker else None)
     doc = json.loads(raw)
     doc["id"] = camera_id
     doc["worker"] = _text(worker) if worker else None

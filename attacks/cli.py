@@ -65,14 +65,17 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _write_json(path: Path | None, data: dict) -> None:
+def _write_json(path: Path | None, data: dict, *, quiet: bool = False) -> None:
     text = json.dumps(data, indent=2, allow_nan=True)
     if path is None:
         typer.echo(text)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    console.print(f"wrote {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)  # readers never see a half-written report
+    if not quiet:
+        console.print(f"wrote {path}")
 
 
 CacheDir = typer.Option(None, "--cache-dir", help="Where the packaged face photos are cached "
@@ -149,13 +152,18 @@ def reid(
             from attacks.reid import steps_per_setting
 
             task = bar.add_task("re-identification", total=steps_per_setting(settings, cfg))
-            report = run_reid_parallel(faceset, settings, cfg, workers=workers,
+            def checkpoint(partial) -> None:
+                if json_out is not None:
+                    _write_json(json_out, {**partial.to_dict(), "command": "reid", "complete": False}, quiet=True)
+
+            report = run_reid_parallel(faceset, settings, cfg, workers=workers, checkpoint=checkpoint,
                                        progress=lambda label: bar.update(task, advance=1, description=label))
     except AuditError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     data = report.to_dict()
     data["command"] = "reid"
+    data["complete"] = True
     _write_json(json_out, data)
     if plot_out is not None:
         plot_reid(data, plot_out)
@@ -237,3 +245,19 @@ def summarize(report: Path = typer.Argument(..., help="A JSON report written by 
         typer.echo(f"error: cannot read {report}: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(mechanism_table(data) if data.get("command") == "mechanism" else reid_table(data, metric))
+
+
+@app.command()
+def plot(report: Path = typer.Argument(..., help="A JSON report written by `reid`."),
+         out: Path = typer.Argument(..., help="The PNG to write."),
+         metric: str = typer.Option("top1", "--metric", help="top1, top5 or tar.")) -> None:
+    """Plot a re-identification report (again), for example a partial one from a sweep still running."""
+    from attacks.plots import plot_reid
+
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read {report}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    plot_reid(data, out, metric=metric)
+    console.print(f"wrote {out}")

@@ -125,8 +125,10 @@ def run_reid(
     settings: Sequence[Setting],
     cfg: ReidConfig,
     progress: Callable[[str], None] | None = None,
+    checkpoint: Callable[[ReidReport], None] | None = None,
 ) -> ReidReport:
-    """Run every attacker against every setting; `progress(label)` is called after each step."""
+    """Run every attacker against every setting; `progress(label)` is called after each step and
+    `checkpoint(report so far)` after each setting, so a long sweep leaves partial results behind."""
     t0 = time.monotonic()
     rng = np.random.default_rng(cfg.seed)
     split = split_faceset(faceset, cfg, rng)
@@ -208,6 +210,9 @@ def run_reid(
                 record(attacker.name, attacker.frames, setting, attacker.similarity(averaged, probe_boxes))
             if progress and multi:
                 progress(f"{setting.label}: multi-frame attackers")
+        if checkpoint:
+            report.seconds = time.monotonic() - t0
+            checkpoint(report)
     report.seconds = time.monotonic() - t0
     return report
 
@@ -260,11 +265,12 @@ def run_reid_parallel(
     *,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    checkpoint: Callable[[ReidReport], None] | None = None,
 ) -> ReidReport:
     """run_reid with the settings spread over `workers` processes. Every worker renders the same probes
     (same seed), so the results are those of one run; dp noise stays fresh in each."""
     if workers <= 1 or len(settings) < 2:
-        return run_reid(faceset, settings, cfg, progress)
+        return run_reid(faceset, settings, cfg, progress, checkpoint)
     if cfg.seed is None:
         raise AuditError("parallel runs need a seed so every worker renders the same probes")
     import multiprocessing as mp

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis
 
+from service.api import create_app
 from service.settings import Settings
 from service.store import SyncStore
-from tests.service.conftest import free_port, start_valkey, wait_for
+from tests.service.conftest import ADMIN_TOKEN, LiveServer, free_port, start_valkey, wait_for
 from tests.service.test_worker import KEYS, make_camera, releases_of, status_of
 
 LEASE_TTL_S = 3.0
@@ -95,14 +96,20 @@ def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path) -> None:
     store = SyncStore(url)
     store.put_camera(Camera(id="ball", source="test:ball?width=160&height=120&fps=10", release_fps=5.0,
                             eps_window=1000.0, window_s=10.0, retention_releases=100_000))
-    worker = WorkerProcess(Settings(redis_url=url, worker_id="w-restart", lease_ttl_s=2.0))
+    settings = Settings(redis_url=url, worker_id="w-restart", lease_ttl_s=2.0, admin_token=ADMIN_TOKEN)
+    worker = WorkerProcess(settings)
     worker.start()
+    api = LiveServer(create_app(settings))
+    client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
     r = redis.Redis.from_url(url)
     try:
         wait_for(lambda: r.xlen(KEYS.releases("ball")) >= 5, timeout_s=30, what="releases before")
+        assert client.get("/readyz").status_code == 200
         server.stop()  # SIGTERM: the append-only file is flushed
         down_at = time.monotonic()
         wait_for(lambda: worker.publisher.buffered >= 3, timeout_s=15, what="releases buffered while down")
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/api/v1/cameras/ball/releases/latest").status_code in (200, 503)  # cached or 503
         acknowledged_before = {eid for eid in worker.publisher.last_entry_ids.values()}
         server = start_valkey(tmp_path / "valkey", port=port)
         wait_for(lambda: worker.publisher.buffered == 0 and worker.publisher.store_ok, timeout_s=20,
@@ -112,7 +119,15 @@ def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path) -> None:
                  what="new releases after the restart")
         assert time.monotonic() - down_at < 60
         wait_for(lambda: worker.camera_ids == ["ball"], timeout_s=10, what="lease kept or retaken")
+        # the API reconnects by itself and serves the releases stored after the restart
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout_s=10, what="API ready again")
+        latest = client.get("/api/v1/cameras/ball/releases/latest", params={"format": "json"}).json()
+        stored_ids = {e[0].decode() for e in r.xrange(KEYS.releases("ball"))}
+        assert latest["camera_id"] == "ball" and latest["entry_id"] in stored_ids
+        assert client.get("/api/v1/cameras/ball/status").json()["state"] == "STREAMING"
     finally:
+        client.close()
+        api.close()
         worker.stop()  # drains the publisher
         stored = r.xlen(KEYS.releases("ball"))
         ids = {e[0].decode() for e in r.xrange(KEYS.releases("ball"))}

@@ -53,12 +53,13 @@ async def refresh_camera_gauges(store) -> None:  # store: service.store.AsyncSto
 
     cameras = await store.list_cameras()
     statuses = await store.statuses([c.id for c in cameras])
+    ledgers = await store.load_ledgers([c.id for c in cameras])
     now_s = time.time()
     for g in (EPS_SPENT, BUDGET_REMAINING, HEALTH):
         g.clear()
     CAMERAS.set(len(cameras))
-    for cam, status in zip(cameras, statuses, strict=True):
-        budget = budget_of(cam, await store.load_ledger(cam.id), now_s)
+    for cam, status, ledger in zip(cameras, statuses, ledgers, strict=True):
+        budget = budget_of(cam, ledger, now_s)
         EPS_SPENT.labels(cam.id).set(budget.eps_spent)
         BUDGET_REMAINING.labels(cam.id).set(budget.eps_remaining)
         for state in HEALTH_STATES:

@@ -362,6 +362,13 @@ class AsyncStore:
             raw = await self.redis.get(self.keys.ledger(camera_id))
         return json.loads(raw) if raw else None
 
+    async def load_ledgers(self, camera_ids: list[str]) -> list[dict[str, Any] | None]:
+        if not camera_ids:
+            return []
+        with translate_errors():
+            raws = await self.redis.mget([self.keys.ledger(i) for i in camera_ids])
+        return [json.loads(r) if r else None for r in raws]
+
     async def latest_bytes(self, camera_id: str) -> bytes | None:
         with translate_errors():
             return await self.redis.hget(self.keys.latest(camera_id), "r")

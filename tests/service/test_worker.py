@@ -188,3 +188,11 @@ def test_budget_carries_over_to_the_next_worker(admin: httpx.Client, settings) -
         assert admin.get("/api/v1/cameras/ball/budget").json()["eps_remaining"] == 0.0
     finally:
         second.stop()
+
+
+def test_grey_camera_serves_a_grey_jpeg(admin: httpx.Client, worker) -> None:
+    make_camera(admin, "grey", channels=1)
+    wait_for(lambda: releases_of(admin, "grey"), timeout_s=20, what="a release")
+    img = Image.open(io.BytesIO(admin.get("/api/v1/cameras/grey/frame.jpg").content))
+    assert (img.mode, img.size) == ("L", (160, 120))
+    assert releases_of(admin, "grey")[0]["channels"] == 1

@@ -140,10 +140,12 @@ class Camera(CameraCreate):
     def to_spec(self):  # -> dp.PixelizeSpec
         """The dp spec of this camera; raises `dp.ConfigError` (naming the field) when dp refuses it."""
         from dp import ConfigError, PixelizeSpec
+        from dp.spec import exact_epsilon
 
         spec = PixelizeSpec(**self.spec_kwargs())
         self.new_ledger()  # dp validates the window too
-        if spec.eps_frame > self.eps_window * (1 + 1e-12):
+        # exact decimals, as the ledger counts them: eps_pix=0.1 + eps_layout=0.2 fits eps_window=0.3
+        if spec.eps_frame_exact > exact_epsilon(self.eps_window):
             raise ConfigError(
                 f"eps_window={self.eps_window} is below one release's cost eps_frame={spec.eps_frame:g} "
                 f"(eps_pix + eps_layout); raise eps_window or lower eps_pix"

@@ -95,6 +95,8 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
     # null means "back to default" only where null is meaningful; elsewhere it means "unchanged"
     nullable = {"layout_map", "retention_s"}
     changes = {k: v for k, v in changes.items() if v is not None or k in nullable}
+    if changes.get("source") == current.public().source:
+        del changes["source"]  # a GET-then-PATCH round trip sends the redacted source back: keep the real one
     merged = {**current.model_dump(), **changes, "version": current.version + 1}
     try:
         cam = Camera.model_validate(merged)

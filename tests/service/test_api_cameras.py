@@ -81,11 +81,22 @@ def test_delete_removes_camera(admin: httpx.Client) -> None:
     assert admin.delete("/api/v1/cameras/lobby").status_code == 404
 
 
-def test_source_credentials_are_never_returned(admin: httpx.Client) -> None:
+def test_source_credentials_are_never_returned(admin: httpx.Client, redis_url: str) -> None:
     r = admin.post("/api/v1/cameras", json={"id": "door", "source": "rtsp://user:hunter2@10.0.0.5/live"})
     assert r.status_code == 201
     assert "hunter2" not in r.text and "user" not in r.json()["source"]
     assert "hunter2" not in admin.get("/api/v1/cameras").text
+    # sending the redacted camera back (GET, edit, PATCH) keeps the real credentials
+    cam = admin.get("/api/v1/cameras/door").json()
+    body = {k: v for k, v in cam.items() if k not in ("id", "version")} | {"eps_pix": 0.5}
+    assert admin.patch("/api/v1/cameras/door", json=body).status_code == 200
+    assert SyncStore(redis_url).get_camera("door").source == "rtsp://user:hunter2@10.0.0.5/live"
+
+
+def test_eps_window_equal_to_the_frame_cost_in_decimals_is_accepted(admin: httpx.Client) -> None:
+    r = admin.post("/api/v1/cameras", json={"source": TEST_SOURCE, "layout": "private", "eps_layout": 0.2,
+                                            "eps_pix": 0.1, "eps_window": 0.3})
+    assert r.status_code == 201, r.text
 
 
 @pytest.mark.parametrize(

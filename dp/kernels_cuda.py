@@ -18,13 +18,27 @@ noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
 
 THREADS = 256
+NOISE_THREADS = 128
 MAX_SHARED_SUMS = 4096  # int32 cell sums of one macro-block: (block / smallest cell)^2 * C must fit
 _PIXELS = cell_math.DOMAIN_PIXELS
 _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 
 @cuda.jit
-def release_kernel(frame, codes, sizes, block, offsets, key, zero_threshold, table, n_digits, out):
+def noise_kernel(key, domain, zero_threshold, table, n_digits, out):
+    """out[i] = the discrete Laplace sample of counter i: one thread per sample, all in parallel.
+
+    Noise does not depend on the frame, so it is drawn in its own launch with every thread busy, rather
+    than by the few threads per tile that finalise cells (a ChaCha block is thousands of instructions).
+    """
+    i = cuda.grid(1)
+    if i >= out.shape[0]:
+        return  # the last block overhangs the buffer
+    out[i] = discrete_laplace(key, i, domain, zero_threshold, table, n_digits)
+
+
+@cuda.jit
+def release_kernel(frame, codes, sizes, block, offsets, noise, out):
     bx = cuda.blockIdx.x
     by = cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -56,41 +70,126 @@ def release_kernel(frame, codes, sizes, block, offsets, key, zero_threshold, tab
         cy = cell // ncx
         cx = cell - cy * ncx
         n = min(b, bh - cy * b) * min(b, bw - cx * b)
-        z = discrete_laplace(key, base + i, _PIXELS, zero_threshold, table, n_digits)
-        out[base + i] = noisy_cell_mean(sums[i], z, n)
+        out[base + i] = noisy_cell_mean(sums[i], noise[base + i], n)
+
+
+TILE = 32
+TILE_ROWS_PER_THREAD = 4
+ROW_GROUPS = 8  # TILE // TILE_ROWS_PER_THREAD, spelled out: shared array shapes must be literals
+TILED_THREADS = TILE * ROW_GROUPS
+TILED_CELL_SIZES = (4, 8, 16, 32)
 
 
 @cuda.jit
-def complexity_kernel(frame, block, clip, key, zero_threshold, table, n_digits, out):
+def release_kernel_tiled(frame, codes, sizes, block, offsets, noise, out):
+    """The fast path: one 32x32 pixel tile per thread block, every cell of the tile of one size b in 4..32.
+
+    Holds when block == 32 (a tile is a macro-block) or in fixed layouts with b in {4, 8, 16, 32} (a tile
+    holds (32/b)^2 one-cell macro-blocks). Thread (lane, ty) sums 4 rows of pixel column `lane` in
+    registers (4 divides b, so they share a cell), the b lanes of a cell add up in a shared-memory tree, and one
+    lane per cell adds into shared memory: 3 shared atomics per cell per warp instead of one per pixel.
+    """
+    lane = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * TILE + lane
+    height = frame.shape[0]
+    width = frame.shape[1]
+    channels = frame.shape[2]
+    n_bx = codes.shape[1]
+    ty0 = cuda.blockIdx.y * TILE
+    tx0 = cuda.blockIdx.x * TILE
+    b = sizes[codes[ty0 // block, tx0 // block]]
+    cells_x = TILE // b
+    n_sums = cells_x * cells_x * channels
+    sums = cuda.shared.array(192, int32)  # (32 / 4)^2 cells x 3 channels
+    part = cuda.shared.array((3, ROW_GROUPS, TILE), int32)
+    for i in range(tid, n_sums, TILED_THREADS):
+        sums[i] = 0
+    x = tx0 + lane
+    y_first = ty0 + ty * TILE_ROWS_PER_THREAD
+    cell = ((ty * TILE_ROWS_PER_THREAD) // b) * cells_x + lane // b
+    # all loads of a thread first (12 in flight for RGB), lanes outside the frame carry 0
+    v0 = int32(0)
+    v1 = int32(0)
+    v2 = int32(0)
+    if x < width:
+        for r in range(TILE_ROWS_PER_THREAD):
+            y = y_first + r
+            if y < height:
+                v0 += int32(frame[y, x, 0])
+                if channels == 3:
+                    v1 += int32(frame[y, x, 1])
+                    v2 += int32(frame[y, x, 2])
+    part[0, ty, lane] = v0
+    part[1, ty, lane] = v1
+    part[2, ty, lane] = v2
+    cuda.syncthreads()  # partials and zeroed sums visible to all
+    # segmented tree sum over the b lanes of each cell, all channels per step (the CUDA simulator that CI
+    # runs has no warp shuffles); every thread reaches every barrier
+    off = 1
+    while off < b:
+        if lane % (2 * off) == 0:
+            for c in range(channels):
+                part[c, ty, lane] += part[c, ty, lane + off]
+        cuda.syncthreads()
+        off *= 2
+    if lane % b == 0:
+        for c in range(channels):
+            cuda.atomic.add(sums, cell * channels + c, part[c, ty, lane])
+    cuda.syncthreads()  # every pixel is in its cell sum before any mean is finalised
+    for i in range(tid, n_sums, TILED_THREADS):
+        tcell = i // channels
+        c = i - tcell * channels
+        py = ty0 + (tcell // cells_x) * b
+        px = tx0 + (tcell % cells_x) * b
+        if py < height and px < width:
+            by = py // block
+            bx = px // block
+            ncx = (min(block, width - bx * block) + b - 1) // b
+            idx = offsets[by * n_bx + bx] + (((py - by * block) // b) * ncx + (px - bx * block) // b) * channels + c
+            n = min(b, height - py) * min(b, width - px)
+            out[idx] = noisy_cell_mean(sums[i], noise[idx], n)
+
+
+def tiled_path_applies(block: int, sizes) -> bool:
+    """The tiled kernel needs tiles of one cell size: a 32 px macro-block, or fixed 4/8/16/32 px cells."""
+    if not all(int(s) in TILED_CELL_SIZES for s in sizes):
+        return False
+    return block == TILE or (len(sizes) == 1 and int(sizes[0]) == block)
+
+
+@cuda.jit
+def complexity_kernel(frame, block, clip, noise, out):
+    """Per macro-block: the clipped neighbour-difference sum plus its noise (threads laid out 32 x 8)."""
     bx = cuda.blockIdx.x
     by = cuda.blockIdx.y
-    tid = cuda.threadIdx.x
+    lane = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
     height = frame.shape[0]
     width = frame.shape[1]
     channels = frame.shape[2]
     total = cuda.shared.array(1, int64)
-    if tid == 0:
+    if lane == 0 and ty == 0:
         total[0] = 0
     cuda.syncthreads()
     y0 = by * block
     x0 = bx * block
-    bh = min(block, height - y0)
-    bw = min(block, width - x0)
+    y1 = min(y0 + block, height)
+    x1 = min(x0 + block, width)
     acc = int64(0)
-    for p in range(tid, bh * bw, THREADS):
-        y = p // bw
-        x = p - y * bw
-        for c in range(channels):
-            v = frame[y0 + y, x0 + x, c]
-            if x + 1 < bw:
-                acc += clipped_difference(v, frame[y0 + y, x0 + x + 1, c], clip)
-            if y + 1 < bh:
-                acc += clipped_difference(v, frame[y0 + y + 1, x0 + x, c], clip)
+    for y in range(y0 + ty, y1, ROW_GROUPS):
+        for x in range(x0 + lane, x1, TILE):
+            for c in range(channels):
+                v = frame[y, x, c]
+                if x + 1 < x1:
+                    acc += clipped_difference(v, frame[y, x + 1, c], clip)
+                if y + 1 < y1:
+                    acc += clipped_difference(v, frame[y + 1, x, c], clip)
     cuda.atomic.add(total, 0, acc)
     cuda.syncthreads()  # all partial sums are in before the block's score is noised
-    if tid == 0:
+    if lane == 0 and ty == 0:
         k = by * cuda.gridDim.x + bx
-        out[k] = total[0] + discrete_laplace(key, k, _LAYOUT, zero_threshold, table, n_digits)
+        out[k] = total[0] + noise[k]
 
 
 class CudaBackend:
@@ -110,26 +209,35 @@ class CudaBackend:
 
     @staticmethod
     def to_device(frame):
-        if hasattr(frame, "__cuda_array_interface__"):
+        if hasattr(frame, "__cuda_array_interface__") or hasattr(frame, "copy_to_host"):
             return frame
         return cuda.to_device(np.ascontiguousarray(frame))
 
+    def noise(self, n: int, key, domain: int, tables):
+        """Device buffer of n samples (counters 0..n-1) in one launch."""
+        out = cuda.device_array(n, dtype=np.int64)
+        noise_kernel[-(-n // NOISE_THREADS), NOISE_THREADS](
+            cuda.to_device(key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits, out)
+        return out
+
     def release_means(self, frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
+        noise = self.noise(n_means, key, _PIXELS, tables)
         out = cuda.device_array(n_means, dtype=np.uint8)
-        n_by, n_bx = codes.shape
-        release_kernel[(n_bx, n_by), THREADS](
-            frame, cuda.to_device(codes), cuda.to_device(sizes), block, cuda.to_device(offsets),
-            cuda.to_device(key), tables.zero_threshold, self._device_table(tables), tables.n_digits, out,
-        )
+        d_codes, d_sizes, d_offsets = cuda.to_device(codes), cuda.to_device(sizes), cuda.to_device(offsets)
+        if tiled_path_applies(block, sizes):
+            height, width = frame.shape[0], frame.shape[1]
+            grid = (-(-width // TILE), -(-height // TILE))
+            release_kernel_tiled[grid, (TILE, ROW_GROUPS)](frame, d_codes, d_sizes, block, d_offsets, noise, out)
+        else:
+            n_by, n_bx = codes.shape
+            release_kernel[(n_bx, n_by), THREADS](frame, d_codes, d_sizes, block, d_offsets, noise, out)
         return out.copy_to_host()
 
     def noisy_complexity(self, frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
+        noise = self.noise(n_blocks, key, _LAYOUT, tables)
         out = cuda.device_array(n_blocks, dtype=np.int64)
         n_by, n_bx = grid_shape
-        complexity_kernel[(n_bx, n_by), THREADS](
-            frame, block, clip, cuda.to_device(key), tables.zero_threshold, self._device_table(tables),
-            tables.n_digits, out,
-        )
+        complexity_kernel[(n_bx, n_by), (TILE, ROW_GROUPS)](frame, block, clip, noise, out)
         return out.copy_to_host()
 
 

@@ -208,7 +208,7 @@ class Pixelizer:
 
     def _checked(self, frame, spec: PixelizeSpec):
         if not isinstance(frame, np.ndarray):
-            if self._backend.name == "cuda" and hasattr(frame, "__cuda_array_interface__"):
+            if self._backend.name == "cuda" and _is_device_array(frame):
                 if frame.dtype != np.uint8 or len(frame.shape) != 3 or frame.shape[2] != spec.channels:
                     raise FrameError("device frames must be HxWxC uint8 with C == spec.channels")
                 return frame
@@ -229,3 +229,8 @@ class Pixelizer:
         if frame.shape[0] > MAX_SIDE or frame.shape[1] > MAX_SIDE:
             raise FrameError(f"frame has shape {frame.shape}; sides above {MAX_SIDE} pixels are not supported")
         return np.ascontiguousarray(frame)
+
+
+def _is_device_array(obj) -> bool:
+    """A GPU-resident array (CUDA array interface, or numba's device arrays, the simulator's included)."""
+    return hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "copy_to_host")

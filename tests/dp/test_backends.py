@@ -1,7 +1,7 @@
 """CPU and CUDA kernels agree byte for byte for a fixed key (privacy.md §4, §6).
 
 CI has no GPU: the CUDA kernels run under NUMBA_ENABLE_CUDASIM=1 in a subprocess (the variable must be set
-before numba is imported), on small odd-sized frames with partial cells. On a machine with a GPU the
+before numba is imported), on a small frame with partial cells, blocks and tiles on two borders. On a machine with a GPU the
 `gpu` test compares real 1080p frames.
 """
 
@@ -22,15 +22,18 @@ COMPARE = textwrap.dedent(
     from dp import PixelizeSpec, Pixelizer
     rng = np.random.default_rng(secrets.randbits(64))
     h, w = int(sys.argv[1]), int(sys.argv[2])
-    specs = {
-        "fixed": PixelizeSpec(eps_pix=1.0, m_pixels=2, cell_size=7),
-        "map": PixelizeSpec(eps_pix=1.0, m_pixels=2, layout="map", block_size=16, cell_sizes=(4, 8, 16),
-                            layout_map=[[(4, 8, 16)[(i + j) % 3] for j in range(-(-w // 16))]
-                                        for i in range(-(-h // 16))]),
-        "previous": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="previous", block_size=16, cell_sizes=(4, 8, 16)),
-        "private": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="private", eps_layout=1.0, block_size=16,
-                                cell_sizes=(4, 8, 16)),
-        "grey": PixelizeSpec(eps_pix=1.0, m_pixels=3, channels=1, cell_size=5),
+    grid16 = [[(4, 8, 16)[(i + j) % 3] for j in range(-(-w // 16))] for i in range(-(-h // 16))]
+    grid32 = [[(4, 8, 16, 32)[(i + 2 * j) % 4] for j in range(-(-w // 32))] for i in range(-(-h // 32))]
+    specs = {  # generic kernel: odd cells or 16 px blocks; tiled kernel: 32 px blocks or fixed 4..32 px
+        "fixed-7-generic": PixelizeSpec(eps_pix=1.0, m_pixels=2, cell_size=7),
+        "fixed-8-tiled": PixelizeSpec(eps_pix=1.0, m_pixels=2, cell_size=8),
+        "map-16-generic": PixelizeSpec(eps_pix=1.0, m_pixels=2, layout="map", block_size=16,
+                                       cell_sizes=(4, 8, 16), layout_map=grid16),
+        "map-32-tiled": PixelizeSpec(eps_pix=1.0, m_pixels=2, layout="map", layout_map=grid32),
+        "previous-32-tiled": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="previous"),
+        "private-16-generic": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="private", eps_layout=1.0,
+                                           block_size=16, cell_sizes=(4, 8, 16)),
+        "grey-16-tiled": PixelizeSpec(eps_pix=1.0, m_pixels=3, channels=1, cell_size=16),
     }
     for name, spec in specs.items():
         frames = [rng.integers(0, 256, (h, w, spec.channels), dtype=np.uint8) for _ in range(2)]
@@ -48,7 +51,7 @@ COMPARE = textwrap.dedent(
 @pytest.mark.slow
 def test_cpu_and_cuda_releases_are_byte_identical_for_fixed_key_under_the_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    out = subprocess.run([sys.executable, "-c", COMPARE, "21", "37"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", COMPARE, "45", "70"], env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "identical" in out.stdout

@@ -98,7 +98,7 @@ def noisy_complexity(frame, block, clip, key, zero_threshold, table, n_digits, o
 
 @numba.njit(parallel=True, cache=True)
 def reconstruct(means, codes, sizes, block, offsets, out):
-    """Fill every cell of `out` (HxWxC uint8) with its released mean."""
+    """Fill every cell of `out` (HxWxC) with its released mean, cell by cell (no per-pixel division)."""
     height, width, channels = out.shape
     n_by, n_bx = codes.shape
     for by in prange(n_by):
@@ -108,14 +108,31 @@ def reconstruct(means, codes, sizes, block, offsets, out):
             x0 = bx * block
             bw = min(block, width - x0)
             b = sizes[codes[by, bx]]
+            ncy = (bh + b - 1) // b
             ncx = (bw + b - 1) // b
             base = offsets[by * n_bx + bx]
-            for y in range(y0, y0 + bh):
-                cy = (y - y0) // b
-                for x in range(x0, x0 + bw):
-                    idx = base + (cy * ncx + (x - x0) // b) * channels
-                    for c in range(channels):
-                        out[y, x, c] = means[idx + c]
+            for cy in range(ncy):
+                ya = y0 + cy * b
+                yb = min(ya + b, y0 + bh)
+                for cx in range(ncx):
+                    xa = x0 + cx * b
+                    xb = min(xa + b, x0 + bw)
+                    idx = base + (cy * ncx + cx) * channels
+                    if channels == 3:
+                        m0 = means[idx]
+                        m1 = means[idx + 1]
+                        m2 = means[idx + 2]
+                        for y in range(ya, yb):
+                            for x in range(xa, xb):
+                                out[y, x, 0] = m0
+                                out[y, x, 1] = m1
+                                out[y, x, 2] = m2
+                    else:
+                        for c in range(channels):
+                            m = means[idx + c]
+                            for y in range(ya, yb):
+                                for x in range(xa, xb):
+                                    out[y, x, c] = m
 
 
 @numba.njit(cache=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dp import PixelizeSpec, Pixelizer  # noqa: E402
+from dp import Pixelizer, PixelizeSpec  # noqa: E402
 from dp.baseline import dp_pix  # noqa: E402
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}

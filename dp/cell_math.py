@@ -26,9 +26,8 @@ C3 = np.uint64(0x6B206574)
 DOMAIN_PIXELS = 1
 DOMAIN_LAYOUT = 2
 
-# Uniforms are drawn from one ChaCha block per sample: words 0-1 decide zero, word 2 holds the sign,
-# words 3.. give one 64-bit uniform per base-256 digit of the magnitude.
-MAX_DIGITS = 6
+# A sample uses 2 + 2 * n_digits words of one ChaCha block (see discrete_laplace): at most 7 digits.
+MAX_DIGITS = 7
 
 
 def quarter_round(a, b, c, d):
@@ -100,36 +99,32 @@ def _digit(table, j, u):
 
 
 def discrete_laplace(key, counter, domain, zero_threshold, digit_table, n_digits):
-    """One discrete Laplace sample, Pr[Z = z] proportional to exp(-|z|/t), from one ChaCha20 block.
+    """Sample `counter` of a stream of discrete Laplace noise, Pr[Z = z] proportional to exp(-|z|/t).
 
     Z = 0 with probability (1-q)/(1+q), q = exp(-1/t); otherwise Z = ±(1 + G) where G is geometric
     (Pr[G >= k] = q^k). G's base-256 digits are independent truncated geometrics (q^g factorises over
     digits), each drawn by inversion against a 64-bit fixed-point CDF (`digit_table`, built by dp.noise).
+    A sample takes 2 + 2 * n_digits words of ChaCha output: words 0-1 give a 64-bit uniform whose low bit
+    is the sign and whose top 63 bits decide zero, then one 64-bit uniform per digit. Up to 3 digits
+    (t < 378,000, every usual camera) two samples share one ChaCha block, words 0-7 and 8-15.
     """
-    w = chacha20_block(key, counter, domain, 0, 0)
-    u = (w[0] << U32) | w[1]
-    if u < zero_threshold:
+    if n_digits <= 3:
+        w = chacha20_block(key, counter >> 1, domain, 0, 0)
+        base = (counter & 1) * 8
+    else:
+        w = chacha20_block(key, counter, domain, 0, 0)
+        base = 0
+    u = (w[base] << U32) | w[base + 1]
+    if (u >> U1) < zero_threshold:
         return np.int64(0)
     g = U0
     scale = U1
     for j in range(n_digits):
-        # words 3+2j and 4+2j form the j-th digit's uniform
-        if j == 0:
-            uj = (w[3] << U32) | w[4]
-        elif j == 1:
-            uj = (w[5] << U32) | w[6]
-        elif j == 2:
-            uj = (w[7] << U32) | w[8]
-        elif j == 3:
-            uj = (w[9] << U32) | w[10]
-        elif j == 4:
-            uj = (w[11] << U32) | w[12]
-        else:
-            uj = (w[13] << U32) | w[14]
+        uj = (w[base + 2 + 2 * j] << U32) | w[base + 3 + 2 * j]
         g = g + np.uint64(_digit(digit_table, j, uj)) * scale
         scale = scale << U8
     magnitude = np.int64(g) + np.int64(1)
-    if w[2] & U1:
+    if u & U1:
         return -magnitude
     return magnitude
 

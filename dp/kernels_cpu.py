@@ -7,13 +7,50 @@ order, so the CUDA kernels, which visit cells in another order, draw the same no
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import prange
 
 from dp import cell_math
 
-_m = cell_math.compile_with(numba.njit(cache=True, inline="always"))
+
+def _cache_follows_cell_math() -> bool:
+    """Make Numba's on-disk cache of these kernels depend on dp/cell_math.py too.
+
+    Numba invalidates a cached kernel only when the file defining it changes, not the files of the
+    functions it inlines: after an edit of cell_math.py alone, a stale sampler would be loaded. A locator
+    for this file adds cell_math.py's content hash to the source stamp. Should Numba's internals differ,
+    caching is switched off rather than risked.
+    """
+    try:
+        from numba.core import caching
+
+        here = os.path.abspath(__file__)
+        shared = os.path.abspath(cell_math.__file__)
+
+        class _Locator(caching.InTreeCacheLocator):
+            def get_source_stamp(self):
+                st = os.stat(shared)
+                return (super().get_source_stamp(), caching._hash_source_file(shared, st.st_mtime, st.st_size))
+
+            @classmethod
+            def from_function(cls, py_func, py_file):
+                if os.path.abspath(py_file) != here:
+                    return None
+                return super().from_function(py_func, py_file)
+
+        if not any(getattr(c, "__qualname__", "") == _Locator.__qualname__ and c.__module__ == __name__
+                   for c in caching._CacheImpl._locator_classes):
+            caching._CacheImpl._locator_classes.insert(0, _Locator)
+        return True
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+
+_CACHE = _cache_follows_cell_math()
+_m = cell_math.compile_with(numba.njit(cache=_CACHE, inline="always"))
 discrete_laplace = _m.discrete_laplace
 noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
@@ -22,7 +59,7 @@ _PIXELS = cell_math.DOMAIN_PIXELS
 _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, n_digits, out):
     """Noisy uint8 means of every cell of every macro-block (the pixel part of a release)."""
     height, width, channels = frame.shape
@@ -70,7 +107,7 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
                             out[idx + c] = noisy_cell_mean(s, z, n)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def noisy_complexity(frame, block, clip, key, zero_threshold, table, n_digits, out):
     """Per macro-block: sum of min(|x_p - x_q|, G) over adjacent pairs inside the block and channels, plus
     discrete Laplace noise. Only the noisy value leaves this function."""
@@ -96,7 +133,7 @@ def noisy_complexity(frame, block, clip, key, zero_threshold, table, n_digits, o
             out[k] = acc + discrete_laplace(key, k, _LAYOUT, zero_threshold, table, n_digits)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def reconstruct(means, codes, sizes, block, offsets, out):
     """Fill every cell of `out` (HxWxC) with its released mean, cell by cell (no per-pixel division)."""
     height, width, channels = out.shape
@@ -135,7 +172,7 @@ def reconstruct(means, codes, sizes, block, offsets, out):
                                     out[y, x, c] = m
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def release_block_stats(means, codes, sizes, block, offsets, height, width, channels, cell_var_num):
     """Statistics of a release, per macro-block, for the `previous` layout rule.
 
@@ -196,7 +233,7 @@ def release_block_stats(means, codes, sizes, block, offsets, height, width, chan
     return bmeans, bvar, within
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def sample_discrete_laplace(key, domain, zero_threshold, table, n_digits, out):
     """out[i] = the sample at counter i: the same draws the kernels make for mean index i."""
     for i in prange(out.size):

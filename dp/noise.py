@@ -20,6 +20,7 @@ from dp.cell_math import MAX_DIGITS
 from dp.errors import ConfigError
 
 TWO64 = 1 << 64
+TWO63 = 1 << 63
 _LN2_64 = Decimal("44.361419555836499802702855773323300356")  # 64 ln 2: exp(-x) < 2^-64 beyond it
 
 
@@ -28,7 +29,7 @@ class LaplaceTables:
     """Fixed-point inversion tables for DiscreteLaplace(scale) and the bound on their deviation."""
 
     scale: Decimal
-    zero_threshold: np.uint64
+    zero_threshold: np.uint64  # Pr[Z = 0] in 63-bit fixed point
     digits: np.ndarray  # (n_digits, 255) uint64 CDF thresholds of each base-256 digit
     tv_bound: float  # total-variation distance to the exact law, per sample
 
@@ -56,12 +57,13 @@ def laplace_tables(scale: Decimal) -> LaplaceTables:
             n_digits += 1
         if n_digits > MAX_DIGITS:
             raise ConfigError(
-                f"noise scale {scale} is too large for the sampler (max about 6e12); raise eps or lower m_pixels"
+                f"noise scale {scale} is too large for the sampler (max about 1.6e15); raise eps or lower m_pixels"
             )
         q = (-1 / t).exp()
         p_zero = (1 - q) / (1 + q)
-        zero_threshold = _fixed(p_zero)
-        tv = abs(Decimal(zero_threshold) / TWO64 - p_zero)
+        # the zero decision compares the top 63 bits of a 64-bit uniform (its low bit is the sign)
+        zero_threshold = min(max(int((p_zero * TWO63).to_integral_value()), 0), TWO63 - 1)
+        tv = abs(Decimal(zero_threshold) / TWO63 - p_zero)
         # dropped tail: Pr[G >= 256^n_digits] = q^(256^n_digits) < 2^-64
         tv += (-(Decimal(256) ** n_digits) / t).exp()
         rows = np.zeros((n_digits, 255), dtype=np.uint64)

@@ -32,7 +32,7 @@ def plot_reid(report: dict, out: Path, metric: str = "top1") -> None:
         cells = sorted({f"{r['cell_size']}px" for r in results if r["cell_size"]}) or ["clean"]
     m_values = sorted({r["m_pixels"] for r in dp})
     fig, axes = plt.subplots(
-        len(attackers), len(cells), figsize=(3.4 * len(cells), 2.6 * len(attackers)), squeeze=False,
+        len(attackers), len(cells), figsize=(max(7.0, 3.4 * len(cells)), 1.0 + 2.6 * len(attackers)), squeeze=False,
         sharex=True, sharey=True,
     )
     for i, (attacker, frames) in enumerate(attackers):
@@ -78,14 +78,15 @@ def plot_reid(report: dict, out: Path, metric: str = "top1") -> None:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
             labels.setdefault(lab, lab)
-    fig.legend(handles.values(), labels.values(), loc="upper center", ncol=min(8, len(handles)), fontsize=8,
+    fig.legend(handles.values(), labels.values(), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
                frameon=False)
     fig.suptitle(
         f"Face re-identification: {report['n_identities']} identities, {report['n_probes']} probes, "
         f"face {report['face_px']} px",
-        fontsize=10, y=0.995,
+        fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    legend_rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, 0.035 * legend_rows * 3 / (1.0 + 2.6 * len(attackers)), 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -4,6 +4,8 @@ docs/privacy-audit.md."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import needs_audit_extra, read_json, run_attacks
@@ -75,3 +77,15 @@ def test_missing_face_folder_exits_with_usage_error(tmp_path):
     rc, _, err = run_attacks("reid", "--faces", str(tmp_path / "none"), "--json", str(tmp_path / "r.json"))
     assert rc == 2
     assert "does not exist" in err
+
+
+def test_summarize_prints_a_markdown_row_per_setting(small_report, tmp_path):
+    report, _ = small_report
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    rc, out, err = run_attacks("summarize", str(path))
+    assert rc == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| setting | dlib")
+    assert any(line.startswith("| clean |") for line in rows)
+    assert any(line.startswith("| dp eps_pix=1 m=16 8 px |") for line in rows)

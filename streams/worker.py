@@ -566,6 +566,7 @@ class CameraWorker:
         try:
             spec = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16)
             scratch = np.zeros((32, 32, self._channels), dtype=np.uint8)
+            scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
             Pixelizer(spec, backend=self._pixelizer.backend).release(scratch)
         except Exception:
             self.log.debug("camera %s: warm-up failed", self.camera_id, exc_info=True)

@@ -28,7 +28,7 @@ Sinks run on the release thread, in order; a slow sink slows releases and so cau
 counted. A sink's exception is logged (never with payload) and counted in ``stats.sink_errors``.
 
 Health (``streams.health.HealthState``) is derived on a supervisor thread from the GStreamer bus and frame
-arrivals: STARTING until the first frame, STREAMING, STALLED after ``stall_timeout_s`` without a frame
+arrivals: STARTING while dp's kernels compile (the pipeline starts after that) and until the first frame, STREAMING, STALLED after ``stall_timeout_s`` without a frame
 (the pipeline is rebuilt after another ``stall_timeout_s``), RECONNECTING while retrying with exponential
 backoff and jitter, FAILED for errors retrying will not fix soon (malformed URL: no retry; refused
 credentials, missing stream, unsupported codec: retried every ``failed_retry_s``), DISABLED after
@@ -233,6 +233,7 @@ class CameraWorker:
         self._is_rtsp = str(source_uri).lower().startswith(("rtsp://", "rtsps://", "rtspt://", "rtspu://"))
         self._queue_cv = threading.Condition()
         self._stop = threading.Event()
+        self._dp_ready = threading.Event()  # set once dp's kernels are compiled (see _warm_up)
         self._threads: list[threading.Thread] = []
         self._lifecycle_lock = threading.Lock()
         self._started = False
@@ -323,7 +324,7 @@ class CameraWorker:
             if self._started:
                 return
             self._started = True
-        self._health.set(HealthState.STARTING, f"connecting to {self.source_display}")
+        self._health.set(HealthState.STARTING, "preparing the privacy kernels")
         for target, name in ((self._supervise, "supervisor"), (self._release_loop, "release")):
             thread = threading.Thread(target=target, name=f"dpstream-{self.camera_id}-{name}", daemon=True)
             self._threads.append(thread)
@@ -439,6 +440,12 @@ class CameraWorker:
         except DpstreamError as exc:
             self._health.set(HealthState.FAILED, self._redact(str(exc)))
             return
+        # Connect only once dp is compiled: a first compile can take tens of seconds, and frames decoded
+        # meanwhile would only be dropped.
+        while not self._dp_ready.wait(0.1):
+            if self._stop.is_set():
+                return
+        self._health.set(HealthState.STARTING, f"connecting to {self.source_display}")
         attempt = 0
         while not self._stop.is_set():
             outcome, reason = self._run_pipeline_once()
@@ -570,6 +577,8 @@ class CameraWorker:
             Pixelizer(spec, backend=self._pixelizer.backend).release(scratch)
         except Exception:
             self.log.debug("camera %s: warm-up failed", self.camera_id, exc_info=True)
+        finally:
+            self._dp_ready.set()
 
     def _limit_dp_threads(self) -> None:
         if not self._dp_threads:

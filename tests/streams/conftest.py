@@ -13,6 +13,22 @@ from streams.testing import ServerProcess
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_dp() -> None:
+    """Compile dp's kernels once, before any test's deadline starts (a cold Numba cache takes tens of s).
+
+    Workers warm up on their own too (health STARTING until then); this keeps the deadlines in the tests
+    about streaming, not about compiling.
+    """
+    import numpy as np
+
+    from dp import Pixelizer, PixelizeSpec
+
+    frame = np.zeros((40, 40, 3), np.uint8)
+    frame.flags.writeable = False  # the signature of decoded frames
+    Pixelizer(PixelizeSpec(eps_pix=1.0, channels=3, cell_size=16)).release(frame).reconstruct()
+
+
 @pytest.fixture
 def rtsp_server() -> Iterator[LocalRtspServer]:
     server = LocalRtspServer(port=0).start()

@@ -51,7 +51,7 @@ def private_camera(rtsp_server):
 
 def test_private_mount_frames_match_the_releases(private_camera):
     server, _pattern, private, keep, _worker = private_camera
-    frames = list(iter_frames(server.url("/lobby/private"), max_frames=15))
+    frames = list(iter_frames(server.url("/lobby/private"), max_frames=15, first_frame_timeout_s=60))
     assert len(frames) == 15 and private.frames_pushed >= 15
     candidates = [r.reconstruct() for r in keep.recent(60)]
     for frame in frames[-8:]:
@@ -80,8 +80,10 @@ def test_private_mount_follows_a_resolution_change(private_camera):
 def test_nothing_is_encoded_while_nobody_watches(rtsp_server):
     private = rtsp_server.serve_private("idle")
     px = Pixelizer(SPEC, backend="cpu")
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame.flags.writeable = False  # like decoded frames (and the kernels compiled for them)
     for i in range(5):
-        private(px.release(np.zeros((64, 64, 3), np.uint8), camera_id="idle", frame_index=i))
+        private(px.release(frame, camera_id="idle", frame_index=i))
     assert private.releases_seen == 5 and private.frames_pushed == 0 and private.clients == 0
 
 
@@ -101,7 +103,7 @@ def test_a_new_client_gets_the_last_release_even_when_releases_stopped(rtsp_serv
     try:
         assert wait_for(lambda: worker.stats.frames_repeated >= 5, 15)
         only = keep.items[0].reconstruct()
-        frames = list(iter_frames(rtsp_server.url("/quiet/private"), max_frames=4))
+        frames = list(iter_frames(rtsp_server.url("/quiet/private"), max_frames=4, first_frame_timeout_s=60))
         assert all(mad(f.array, only) < 4.0 for f in frames)
     finally:
         worker.stop()

@@ -113,8 +113,23 @@ def wait_for(predicate, *, timeout_s: float, interval_s: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
+@pytest.fixture(scope="session")
+def dp_warm() -> None:
+    """Compile dp's kernels once per session (a cold numba compile can take tens of seconds on a busy
+    2-core machine), so that the deadlines of worker tests measure the service, not the JIT."""
+    import numpy as np
+
+    from dp import Pixelizer, PixelizeSpec
+
+    for channels in (1, 3):
+        frame = np.zeros((48, 64, channels), np.uint8)
+        frame.flags.writeable = False  # decoded frames are read-only arrays: numba compiles that signature
+        px = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=channels), backend="auto")
+        px.release(frame, camera_id="warm", frame_index=0, timestamp_s=0.0)
+
+
 @pytest.fixture
-def worker(settings: Settings):
+def worker(settings: Settings, dp_warm):
     """A real worker (threads in this process) against the test Valkey."""
     from service.worker_process import WorkerProcess
 

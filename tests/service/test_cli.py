@@ -73,7 +73,8 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
                     return None
                 return r.content if r.status_code == 200 else None
 
-            data = wait_for(demo_release, timeout_s=40, interval_s=0.2, what="a release of the demo camera")
+            # a fresh process: the deadline allows for a cold numba compile of dp's kernels on a busy machine
+            data = wait_for(demo_release, timeout_s=180, interval_s=0.2, what="a release of the demo camera")
             assert Release.from_bytes(data).camera_id == "demo"
             status = httpx.get(f"{base}/api/v1/cameras/demo/status", headers=h).json()
             assert status["state"] == "STREAMING"

@@ -61,7 +61,7 @@ def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
             lambda: (o := {c: status_of(admin, c)["worker"] for c in ("a", "b")})
             and set(o.values()) == {"w1", "w2"}
             and all(releases_of(admin, c) for c in ("a", "b")) and o,
-            timeout_s=60, interval_s=0.2, what="one streaming camera per worker")
+            timeout_s=180, interval_s=0.2, what="one streaming camera per worker")  # incl. a cold JIT
         victim, survivor = owners["a"], owners["b"]
         # each worker process serves its own counters (the API serves the per-camera gauges)
         for wid, cid in ((victim, "a"), (survivor, "b")):
@@ -86,7 +86,7 @@ def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
 
 
 @pytest.mark.slow
-def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path) -> None:
+def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path, dp_warm) -> None:
     from service.models import Camera
     from service.worker_process import WorkerProcess
 

@@ -168,7 +168,7 @@ def test_layout_modes_run_in_the_worker(admin: httpx.Client, worker, layout: str
     assert releases_of(admin, "ball")[0]["layout"] == layout
 
 
-def test_budget_carries_over_to_the_next_worker(admin: httpx.Client, settings) -> None:
+def test_budget_carries_over_to_the_next_worker(admin: httpx.Client, settings, dp_warm) -> None:
     """A camera moving to another worker keeps its ledger: a takeover cannot reset the window's budget."""
     from service.worker_process import WorkerProcess
 

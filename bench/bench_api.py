@@ -99,7 +99,7 @@ def main() -> int:
                                       cwd=REPO, env=env))
         base = f"http://127.0.0.1:{api_port}"
         h = {"Authorization": f"Bearer {TOKEN}"}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a fresh worker may first compile dp's kernels
         while True:
             try:
                 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:

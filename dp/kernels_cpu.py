@@ -41,9 +41,10 @@ def _cache_follows_cell_math() -> bool:
                     return None
                 return super().from_function(py_func, py_file)
 
-        if not any(getattr(c, "__qualname__", "") == _Locator.__qualname__ and c.__module__ == __name__
-                   for c in caching._CacheImpl._locator_classes):
-            caching._CacheImpl._locator_classes.insert(0, _Locator)
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.68
+        locators = impl._locator_classes
+        if not any(c.__qualname__ == _Locator.__qualname__ and c.__module__ == __name__ for c in locators):
+            locators.insert(0, _Locator)
         return True
     except (ImportError, AttributeError, TypeError):
         return False

@@ -109,6 +109,8 @@ def reid(
     layouts: str = typer.Option("fixed,previous", "--layouts", help="dp layouts: fixed (each cell size), "
                                 "previous (adaptive, the camera default) and/or private (adaptive, noisy)."),
     eps_layout: float = typer.Option(0.1, "--eps-layout", help="eps_layout of the private layout."),
+    references: bool = typer.Option(True, "--references/--no-references", help="Also run clean, plain "
+                                    "pixelization and blur (the reference lines)."),
     face_px: int = typer.Option(128, "--face-px", help="Face box side in the frame, pixels."),
     probes_per_identity: int = typer.Option(8, "--probes-per-identity"),
     train_per_identity: int = typer.Option(16, "--train-per-identity", help="Privatized training images per "
@@ -142,6 +144,7 @@ def reid(
         settings = build_settings(
             eps_pix=_floats(eps_pix, "--eps-pix"), m_pixels=_ints(m_pixels, "--m-pixels"),
             cell_sizes=_ints(cell_size, "--cell-size"), layouts=_names(layouts), eps_layout=eps_layout,
+            references=references,
         )
         cfg = ReidConfig(
             face_px=face_px, probes_per_identity=probes_per_identity, train_per_identity=train_per_identity,
@@ -234,30 +237,49 @@ def mechanism(
 
 
 @app.command()
-def summarize(report: Path = typer.Argument(..., help="A JSON report written by `reid` or `mechanism`."),
+def summarize(reports: list[Path] = typer.Argument(..., help="JSON reports written by `reid` (several are "
+                                                 "merged) or one written by `mechanism`."),
               metric: str = typer.Option("top1", "--metric", help="top1 or top5 (reid reports).")) -> None:
     """Print a report as a Markdown table."""
     from attacks.summary import mechanism_table, reid_table
 
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: cannot read {report}: {exc}", err=True)
-        raise typer.Exit(2) from None
+    data = _read_reports(reports)
     typer.echo(mechanism_table(data) if data.get("command") == "mechanism" else reid_table(data, metric))
 
 
 @app.command()
-def plot(report: Path = typer.Argument(..., help="A JSON report written by `reid`."),
-         out: Path = typer.Argument(..., help="The PNG to write."),
+def plot(out: Path = typer.Argument(..., help="The PNG to write."),
+         reports: list[Path] = typer.Argument(..., help="JSON reports written by `reid` (several are merged)."),
          metric: str = typer.Option("top1", "--metric", help="top1, top5 or tar.")) -> None:
     """Plot a re-identification report (again), for example a partial one from a sweep still running."""
     from attacks.plots import plot_reid
 
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: cannot read {report}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    plot_reid(data, out, metric=metric)
+    plot_reid(_read_reports(reports), out, metric=metric)
     console.print(f"wrote {out}")
+
+
+def _read_reports(paths: list[Path]) -> dict:
+    """One report, or several reid reports of the same face set merged (results concatenated; a result of
+    an earlier report wins over the same attacker and setting in a later one)."""
+    merged: dict | None = None
+    seen = set()
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: cannot read {path}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if merged is None:
+            merged = {**data, "results": []}
+        elif data.get("n_identities") != merged.get("n_identities"):
+            typer.echo(f"error: {path} has {data.get('n_identities')} identities, not {merged.get('n_identities')}",
+                       err=True)
+            raise typer.Exit(2)
+        for r in data.get("results", []):
+            key = (r["attacker"], r["frames"], r["setting"], r["layout"], r["eps_pix"], r["m_pixels"], r["cell_size"])
+            if key not in seen:
+                seen.add(key)
+                merged["results"].append(r)
+    if merged is not None and merged.get("command") == "mechanism":
+        return json.loads(paths[0].read_text())
+    return merged

@@ -231,11 +231,15 @@ def build_settings(
     cell_sizes: Sequence[int],
     layouts: Sequence[str] = ("fixed", "previous"),
     eps_layout: float = 0.1,
+    references: bool = True,
 ) -> list[Setting]:
-    """The sweep: clean, then plain pixelization and blur at each cell size, then every dp combination."""
-    settings = [Setting("clean")]
-    for c in cell_sizes:
-        settings += [Setting("pixelize", cell_size=c), Setting("blur", cell_size=c)]
+    """The sweep: clean, then plain pixelization and blur at each cell size (unless `references` is False),
+    then every dp combination."""
+    settings = []
+    if references:
+        settings.append(Setting("clean"))
+        for c in cell_sizes:
+            settings += [Setting("pixelize", cell_size=c), Setting("blur", cell_size=c)]
     for layout in layouts:
         for m in m_pixels:
             for eps in eps_pix:

@@ -72,6 +72,20 @@ class Ledger:
             self._last_t = t
             return True
 
+    def reconfigure(self, eps_window: float, window_s: float) -> None:
+        """Change the budget and window in place (live configuration); spends already made stay counted.
+
+        Replacing the ledger instead could lose a spend made concurrently on the old one.
+        """
+        probe = Ledger(eps_window, window_s)  # validates both values
+        with self._lock:
+            self.eps_window, self.window_s, self._limit = probe.eps_window, probe.window_s, probe._limit
+
+    @property
+    def last_spend_s(self) -> float | None:
+        """Time of the latest spend (spends must come at this time or later), None before the first."""
+        return self._last_t
+
     def spent(self, t_s: float) -> float:
         """Epsilon spent in the window ending at `t_s`."""
         with self._lock:

@@ -31,30 +31,21 @@ RESTART_FIELDS = ("source", "channels", "enabled")
 
 
 class CameraLedger(Ledger):
-    """A `dp.Ledger` whose window can be changed in place, under its own lock.
-
-    Swapping in a fresh ledger while the release thread spends on the old one could lose a spend; changing
-    the limit in place cannot. Spends already made stay counted.
-    """
-
-    def reconfigure(self, eps_window: float, window_s: float) -> None:
-        probe = Ledger(eps_window, window_s)  # dp validates the values
-        with self._lock:
-            self.eps_window, self.window_s, self._limit = probe.eps_window, probe.window_s, probe._limit
+    """A `dp.Ledger` restored from the store, tolerant of the previous owner's clock running ahead."""
 
     def try_spend(self, t_s: float, eps: float) -> bool:
         # after a takeover the last spend may carry another machine's clock, a little ahead of ours; charging
         # at the later time is conservative (the spend stays in the window longer) and avoids refusing
         # every frame until our clock catches up
-        last = self._last_t
+        last = self.last_spend_s
         return super().try_spend(t_s if last is None else max(t_s, last), eps)
 
     @classmethod
     def for_camera(cls, camera: Camera, state: dict[str, Any] | None) -> CameraLedger:
-        ledger = cls(camera.eps_window, camera.window_s)
-        if state:
-            restored = Ledger.from_dict(state)
-            ledger._spends, ledger._total, ledger._last_t = restored._spends, restored._total, restored._last_t
+        if not state:
+            return cls(camera.eps_window, camera.window_s)
+        ledger = cls.from_dict(state)  # the spends carried over from the previous owner
+        ledger.reconfigure(camera.eps_window, camera.window_s)
         return ledger
 
 

@@ -75,3 +75,14 @@ def test_time_going_backwards_is_refused():
     ledger.try_spend(5.0, 0.1)
     with pytest.raises(ConfigError, match="monotonic"):
         ledger.try_spend(4.0, 0.1)
+
+
+def test_reconfigure_keeps_spends_and_applies_the_new_limit():
+    ledger = Ledger(eps_window=1.0, window_s=10.0)
+    assert ledger.try_spend(0.0, 0.6)
+    ledger.reconfigure(0.8, 10.0)
+    assert not ledger.try_spend(1.0, 0.3)  # 0.6 already spent counts against the new limit
+    assert ledger.try_spend(1.0, 0.2)
+    assert ledger.last_spend_s == 1.0
+    with pytest.raises(ConfigError, match="eps_window"):
+        ledger.reconfigure(0.0, 10.0)

@@ -76,8 +76,9 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             # a fresh process: the deadline allows for a cold numba compile of dp's kernels on a busy machine
             data = wait_for(demo_release, timeout_s=180, interval_s=0.2, what="a release of the demo camera")
             assert Release.from_bytes(data).camera_id == "demo"
-            status = httpx.get(f"{base}/api/v1/cameras/demo/status", headers=h).json()
-            assert status["state"] == "STREAMING"
+            # the status report is published on change and at a fixed refresh: it may trail the first release
+            status = wait_for(lambda: (st := httpx.get(f"{base}/api/v1/cameras/demo/status", headers=h).json())
+                              ["state"] == "STREAMING" and st, timeout_s=30, what="the demo camera STREAMING")
             assert status["private_rtsp"] == f"rtsp://127.0.0.1:{rtsp_port}/demo/private"
             cam = httpx.get(f"{base}/api/v1/cameras/demo", headers=h).json()
             assert cam["source"].startswith("rtsp://127.0.0.1:")  # the demo goes through real RTSP

@@ -4,8 +4,9 @@
 modes:
 
 * pull mode (``on_frame=None``): :meth:`FrameSource.pull` returns the next frame; used by :func:`iter_frames`.
-* push mode (``on_frame=callable``): the appsink's streaming thread calls ``on_frame(frame)`` for every
-  frame; used by :class:`streams.worker.CameraWorker`, which owns the bounded queue.
+* push mode (``on_frame=callable``): a pull thread calls ``on_frame(frame)`` for every frame (never the
+  GStreamer streaming thread, so decoding does not wait for the GIL); used by
+  :class:`streams.worker.CameraWorker`, which owns the bounded queue.
 
 Bus messages are not handled by a GLib main loop: the owner polls :meth:`FrameSource.poll_bus`, which
 turns errors into :class:`BusEvent` objects with a redacted reason and a verdict (retry or give up).
@@ -114,7 +115,8 @@ class FrameSource:
         latency_ms: RTSP jitter-buffer latency.
         realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
             become wall-clock capture times. RTSP is always live.
-        on_frame: push mode callback, called from a GStreamer streaming thread; must not block.
+        on_frame: push mode callback, called for every frame from the source's own pull thread (named
+            ``thread_name``; joined by :meth:`stop`); it should not block for long.
         convert_threads: threads for videoconvert (0 = one per CPU).
         tcp_timeout_s: RTSP connection timeout.
         tls_validate: for ``rtsps://``, validate the server certificate (``False`` accepts self-signed
@@ -134,6 +136,7 @@ class FrameSource:
         tcp_timeout_s: float = 10.0,
         max_buffers: int = 4,
         tls_validate: bool = True,
+        thread_name: str = "dpstream-ingest",
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
@@ -168,9 +171,8 @@ class FrameSource:
         self.sink.set_property("max-buffers", max_buffers)
         self.sink.set_property("drop", False)
         self.sink.set_property("enable-last-sample", False)
-        if on_frame is not None:
-            self.sink.set_property("emit-signals", True)
-            self.sink.connect("new-sample", self._on_new_sample)
+        self._thread_name = thread_name
+        self._puller: threading.Thread | None = None
         self._index = 0
         self._lock = threading.Lock()
         self._started = False
@@ -190,6 +192,9 @@ class FrameSource:
             self._started = True
         log.debug("starting source %s", self.display)
         set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"source {self.display!r}")
+        if self._on_frame is not None:
+            self._puller = threading.Thread(target=self._pull_loop, name=self._thread_name, daemon=True)
+            self._puller.start()
 
     def stop(self) -> None:
         """Set the pipeline to NULL and wait for it. Idempotent."""
@@ -197,7 +202,9 @@ class FrameSource:
             if self._stopped:
                 return
             self._stopped = True
-        shutdown_pipeline(self.pipeline)
+        shutdown_pipeline(self.pipeline)  # flushing the appsink wakes a waiting puller
+        if self._puller is not None and self._puller is not threading.current_thread():
+            self._puller.join(5.0)
         log.debug("stopped source %s", self.display)
 
     def _sample_to_frame(self, sample: Gst.Sample) -> Frame:
@@ -225,15 +232,23 @@ class FrameSource:
         # A buffer cannot come from the future; a negative age is clock jitter at the source.
         return now_wall - max(age_ns, 0) / Gst.SECOND
 
-    def _on_new_sample(self, sink) -> Gst.FlowReturn:
-        sample = sink.pull_sample()
-        if sample is None:
-            return Gst.FlowReturn.EOS
-        try:
-            self._on_frame(self._sample_to_frame(sample))
-        except Exception:  # never raise into a streaming thread: the pipeline would hang
-            log.exception("frame callback failed for source %s", self.display)
-        return Gst.FlowReturn.OK
+    def _pull_loop(self) -> None:
+        """Push mode: hand every frame to ``on_frame`` from this thread, never from a streaming thread.
+
+        A Python callback on the streaming thread would make decoding wait for the GIL, which a release
+        in another thread may hold for milliseconds; pulled from here, decoding runs ahead (up to
+        ``max_buffers`` frames in the appsink) while Python is busy.
+        """
+        while not self._stopped:
+            sample = self.sink.try_pull_sample(100 * Gst.MSECOND)
+            if sample is None:
+                if self.sink.is_eos():
+                    time.sleep(0.05)  # the owner sees EOS on the bus and stops us
+                continue
+            try:
+                self._on_frame(self._sample_to_frame(sample))
+            except Exception:  # keep pulling; the owner decides what a bad frame means
+                log.exception("frame callback failed for source %s", self.display)
 
     def pull(self, timeout_s: float) -> Frame | None:
         """Pull mode: the next frame, or None when none arrived within ``timeout_s`` or at end of stream."""

@@ -15,7 +15,7 @@ Stable interface (``service/`` builds on these names)::
     worker.stats    -> WorkerStats(frames_ingested=..., frames_released=..., ...)
     worker.stop()   # idempotent; joins every thread; the pipeline is back in NULL; health DISABLED
 
-Flow of one frame: the GStreamer streaming thread decodes it and appends it to a bounded queue (the
+Flow of one frame: GStreamer decodes it; the source's pull thread appends it to a bounded queue (the
 oldest frame is dropped and counted when the queue is full). The release thread takes frames in order and:
 
 1. rate gate: releases at most ``release_fps`` frames per second of capture time (others are skipped);
@@ -412,7 +412,7 @@ class CameraWorker:
     def _redact(self, text: str) -> str:
         return redact_text(text, *self._secrets)
 
-    # --- ingest side (GStreamer streaming thread) ------------------------------------------------
+    # --- ingest side (the source's pull thread) ------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         now = time.monotonic()
         with self._queue_cv:
@@ -482,6 +482,7 @@ class CameraWorker:
                 convert_threads=self._convert_threads,
                 tcp_timeout_s=self._connect_timeout_s,
                 tls_validate=self._tls_validate,
+                thread_name=f"dpstream-{self.camera_id}-ingest",
             )
         except DpstreamError as exc:
             return "fatal", self._redact(str(exc))

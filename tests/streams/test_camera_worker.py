@@ -88,7 +88,7 @@ def test_server_killed_and_restarted_streams_again_within_five_seconds(server_pr
     server = server_process(port, "--mount", "/cam", "--width", "160", "--height", "120")
     url = server.start()
     sink, health = Collect(), HealthLog()
-    worker = make_worker(url, [sink], on_health_change=health, reconnect_backoff_max_s=1.0)
+    worker = make_worker(url, [sink], on_health_change=health)  # default backoff: at most 2 s between tries
     workers.append(worker)
     worker.start()
     assert wait_for(lambda: worker.health.state is HealthState.STREAMING and len(sink) > 5, 20)

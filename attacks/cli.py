@@ -112,6 +112,8 @@ def reid(
     references: bool = typer.Option(True, "--references/--no-references", help="Also run clean, plain "
                                     "pixelization and blur (the reference lines)."),
     face_px: int = typer.Option(128, "--face-px", help="Face box side in the frame, pixels."),
+    surround: str = typer.Option("photo", "--surround", help="photo: the face with its photo around it; grey: "
+                                 "only the face (box + 15%), so no attacker can match background or clothes."),
     probes_per_identity: int = typer.Option(8, "--probes-per-identity"),
     train_per_identity: int = typer.Option(16, "--train-per-identity", help="Privatized training images per "
                                            "identity for the trained attackers."),
@@ -147,7 +149,7 @@ def reid(
             references=references,
         )
         cfg = ReidConfig(
-            face_px=face_px, probes_per_identity=probes_per_identity, train_per_identity=train_per_identity,
+            face_px=face_px, surround=surround, probes_per_identity=probes_per_identity, train_per_identity=train_per_identity,
             frames=tuple(_ints(frames, "--frames")) if frames.strip() else (), attackers=tuple(_names(attackers)),
             seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"),
         )

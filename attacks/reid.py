@@ -43,12 +43,17 @@ class ReidConfig:
     frames: tuple[int, ...] = (5, 25)  # the multi-frame attacker's k (k=1 is the single-release attacker)
     attackers: tuple[str, ...] = ATTACKERS
     far: float = 0.01  # false-accept rate of the verification score
+    # "photo": the face with its photo's surroundings; "grey": only the face box (+15%), the rest mid-grey,
+    # so that no attacker can match a probe to its enrollment photo by background or clothes
+    surround: str = "photo"
     seed: int | None = None  # augmentation only; dp noise is always fresh
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.attackers) - set(ATTACKERS))
         if unknown:
             raise AuditError(f"unknown attackers {unknown}; choose from {', '.join(ATTACKERS)}")
+        if self.surround not in ("photo", "grey"):
+            raise AuditError(f"surround={self.surround!r} must be 'photo' or 'grey'")
         if self.face_px < 16:
             raise AuditError(f"face_px={self.face_px} is too small for any face model; use 32 or more")
 
@@ -74,11 +79,11 @@ def split_faceset(faceset: FaceSet, cfg: ReidConfig, rng: np.random.Generator) -
     for i, ident in enumerate(identities):
         photos = by_id[ident]
         enrol = photos[0]
-        gallery.append(render(enrol, cfg.face_px, rng, NONE))
+        gallery.append(render(enrol, cfg.face_px, rng, NONE, cfg.surround))
         train_photos.append((i, enrol))
         sources = photos[1:] or photos[:1]
         for n in range(cfg.probes_per_identity):
-            probes.append(render(sources[n % len(sources)], cfg.face_px, rng, DEFAULT))
+            probes.append(render(sources[n % len(sources)], cfg.face_px, rng, DEFAULT, cfg.surround))
     return Split(identities, gallery, probes, train_photos)
 
 
@@ -106,6 +111,7 @@ class ReidReport:
     chance: float
     chance_top5: float
     face_px: int
+    surround: str = "photo"
     results: list[ReidResult] = field(default_factory=list)
     attackers_unavailable: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -147,6 +153,7 @@ def run_reid(
         chance=1.0 / n_ids,
         chance_top5=min(5, n_ids) / n_ids,
         face_px=cfg.face_px,
+        surround=cfg.surround,
     )
 
     single: list[EmbeddingAttacker] = []
@@ -194,7 +201,7 @@ def run_reid(
             train_renders, train_labels = [], []
             for i, photo in split.train_photos:
                 for _ in range(cfg.train_per_identity):
-                    train_renders.append(render(photo, cfg.face_px, rng, DEFAULT))
+                    train_renders.append(render(photo, cfg.face_px, rng, DEFAULT, cfg.surround))
                     train_labels.append(i)
             train = Labelled(_privatized(setting, train_renders), [r.box for r in train_renders],
                              np.array(train_labels, dtype=np.int64))

@@ -57,7 +57,21 @@ def rendering_size(face_px: int) -> int:
     return round(face_px * CONTEXT)
 
 
-def render(photo: FacePhoto, face_px: int, rng: np.random.Generator, aug: Augmentation = DEFAULT) -> Rendering:
+def grey_surround(pixels: np.ndarray, box: Box, margin: float = 0.15) -> np.ndarray:
+    """Everything outside the face box (grown by `margin` of its side) set to mid-grey: the face without the
+    background, clothes and shoulders of its photo, so an attacker cannot match the photo instead of the
+    face."""
+    left, top, right, bottom = box
+    grow = margin * (right - left)
+    out = np.full_like(pixels, 128)
+    y0, y1 = max(0, round(top - grow)), round(bottom + grow)
+    x0, x1 = max(0, round(left - grow)), round(right + grow)
+    out[y0:y1, x0:x1] = pixels[y0:y1, x0:x1]
+    return out
+
+
+def render(photo: FacePhoto, face_px: int, rng: np.random.Generator, aug: Augmentation = DEFAULT,
+           surround: str = "photo") -> Rendering:
     left, top, right, bottom = photo.box
     side = max(right - left, bottom - top)
     size = rendering_size(face_px)
@@ -91,4 +105,7 @@ def render(photo: FacePhoto, face_px: int, rng: np.random.Generator, aug: Augmen
         out.save(buf, format="JPEG", quality=int(rng.integers(lo_q, hi_q + 1)))
         buf.seek(0)
         out = Image.open(buf).convert("RGB")
-    return Rendering(photo.identity, photo.name, np.asarray(out, dtype=np.uint8), render_box(face_px))
+    pixels = np.asarray(out, dtype=np.uint8)
+    if surround == "grey":
+        pixels = grey_surround(pixels, render_box(face_px))
+    return Rendering(photo.identity, photo.name, pixels, render_box(face_px))

@@ -68,3 +68,12 @@ def test_operator_folder_skips_identities_with_one_photo_and_needs_two_identitie
 def test_missing_face_directory_is_an_audit_error(tmp_path):
     with pytest.raises(AuditError, match="does not exist"):
         load_faceset(tmp_path / "nope")
+
+
+def test_grey_surround_keeps_only_the_face_box(faceset):
+    r = render(faceset.photos[0], 64, np.random.default_rng(0), NONE, surround="grey")
+    left, top, right, bottom = (round(v) for v in r.box)
+    grow = round(0.15 * 64)
+    assert np.all(r.pixels[: top - grow] == 128) and np.all(r.pixels[bottom + grow :] == 128)
+    assert np.all(r.pixels[:, : left - grow] == 128) and np.all(r.pixels[:, right + grow :] == 128)
+    assert r.pixels[top:bottom, left:right].std() > 10

@@ -97,6 +97,9 @@ class LocalRtspServer:
         self.server.set_address(host)
         self.server.set_service(str(int(port)))
         self._mounts = self.server.get_mount_points()
+        # One thread per client connection (the default is a single thread for all clients, where one
+        # client's slow media preparation delays every other client's RTSP responses).
+        self.server.get_thread_pool().set_max_threads(64)
         self._context = GLib.MainContext.new()
         self._loop = GLib.MainLoop.new(self._context, False)
         self._thread: threading.Thread | None = None

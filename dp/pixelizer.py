@@ -188,7 +188,7 @@ class Pixelizer:
                 grid.height, grid.width, spec.channels, spec.block_size, spec.cell_sizes
             ):
                 return lay.uniform_codes(grid, spec)
-            return lay.choose_codes(self._g2_from_previous(prev, spec), spec)
+            return lay.choose_codes(self._g2_from_previous(prev), spec)
         # private: noisy complexity of this frame, paid for with eps_layout
         n_by, n_bx = grid.shape
         noisy = self._backend.noisy_complexity(frame, spec.block_size, spec.gradient_clip, n_by * n_bx,
@@ -196,10 +196,11 @@ class Pixelizer:
         return lay.choose_codes(lay.g2_from_noisy_complexity(noisy, grid, spec), spec)
 
     @staticmethod
-    def _g2_from_previous(prev: Release, spec: PixelizeSpec) -> np.ndarray:
+    def _g2_from_previous(prev: Release) -> np.ndarray:
         from dp.kernels_cpu import release_block_stats
 
-        t = float(spec.noise_scale)
+        # the noise of the previous release follows its own settings (they may have changed since)
+        t = 255.0 * prev.m_pixels * prev.channels / prev.eps_pix
         block_means, block_var, within = release_block_stats(
             prev.means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
             prev._offsets, prev.height, prev.width, prev.channels, 2.0 * t * t,

@@ -37,9 +37,10 @@ def plot_reid(report: dict, out: Path, metric: str = "top1") -> None:
     )
     for i, (attacker, frames) in enumerate(attackers):
         mine = [r for r in results if r["attacker"] == attacker and r["frames"] == frames]
-        clean = next((r[metric] for r in mine if r["setting"] == "clean"), None)
-        if clean is None:
-            clean = next((r[metric] for r in results if r["setting"] == "clean" and r["attacker"] == attacker), None)
+        # the multi-frame attacker's references are its single-frame model's: averaging repeated
+        # deterministic images (clean, plain pixelization, blur) changes nothing
+        ref_attacker = attacker.removeprefix("multiframe-")
+        clean = next((r[metric] for r in results if r["setting"] == "clean" and r["attacker"] == ref_attacker), None)
         for j, cell in enumerate(cells):
             ax = axes[i][j]
             ax.axhline(report["chance"] if metric == "top1" else report.get("chance_top5", 0), color="black",
@@ -49,7 +50,7 @@ def plot_reid(report: dict, out: Path, metric: str = "top1") -> None:
                 ax.axhline(clean, color="tab:green", lw=1.2, label="clean")
             if cell.endswith("px"):
                 size = int(cell[:-2])
-                ref = [r for r in results if r["cell_size"] == size and r["attacker"] == attacker]
+                ref = [r for r in results if r["cell_size"] == size and r["attacker"] == ref_attacker]
                 for kind, style, colour in (("pixelize", "--", "tab:red"), ("blur", ":", "tab:gray")):
                     val = next((r[metric] for r in ref if r["setting"] == kind), None)
                     if val is not None:

@@ -60,7 +60,7 @@ _PIXELS = cell_math.DOMAIN_PIXELS
 _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 
-@numba.njit(parallel=True, cache=_CACHE)
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, n_digits, out):
     """Noisy uint8 means of every cell of every macro-block (the pixel part of a release)."""
     height, width, channels = frame.shape
@@ -108,7 +108,7 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
                             out[idx + c] = noisy_cell_mean(s, z, n)
 
 
-@numba.njit(parallel=True, cache=_CACHE)
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def noisy_complexity(frame, block, clip, key, zero_threshold, table, n_digits, out):
     """Per macro-block: sum of min(|x_p - x_q|, G) over adjacent pairs inside the block and channels, plus
     discrete Laplace noise. Only the noisy value leaves this function."""
@@ -134,7 +134,7 @@ def noisy_complexity(frame, block, clip, key, zero_threshold, table, n_digits, o
             out[k] = acc + discrete_laplace(key, k, _LAYOUT, zero_threshold, table, n_digits)
 
 
-@numba.njit(parallel=True, cache=_CACHE)
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def reconstruct(means, codes, sizes, block, offsets, out):
     """Fill every cell of `out` (HxWxC) with its released mean, cell by cell (no per-pixel division)."""
     height, width, channels = out.shape
@@ -173,7 +173,7 @@ def reconstruct(means, codes, sizes, block, offsets, out):
                                     out[y, x, c] = m
 
 
-@numba.njit(cache=_CACHE)
+@numba.njit(cache=_CACHE, nogil=True)
 def release_block_stats(means, codes, sizes, block, offsets, height, width, channels, cell_var_num):
     """Statistics of a release, per macro-block, for the `previous` layout rule.
 
@@ -234,7 +234,7 @@ def release_block_stats(means, codes, sizes, block, offsets, height, width, chan
     return bmeans, bvar, within
 
 
-@numba.njit(parallel=True, cache=_CACHE)
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def sample_discrete_laplace(key, domain, zero_threshold, table, n_digits, out):
     """out[i] = the sample at counter i: the same draws the kernels make for mean index i."""
     for i in prange(out.size):

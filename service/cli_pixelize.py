@@ -127,6 +127,9 @@ def register(app: typer.Typer) -> None:
             None, help="Budget per window: frames that would overspend repeat the last release."),
         window_s: float = typer.Option(10.0, help="Window length in seconds for --eps-window."),
         quality: int = typer.Option(23, min=0, max=51, help="x264 quantizer of the output video."),
+        dp_threads: int = typer.Option(
+            0, min=0, help="CPU threads per release (0: all cores for an image, 1 for video, where GStreamer's "
+            "decoder and encoder need the other cores)."),
     ) -> None:
         """Privatize an image or a video: region-adaptive, differentially private pixelization."""
         try:
@@ -140,6 +143,7 @@ def register(app: typer.Typer) -> None:
         except DpstreamError as exc:
             raise _fail(str(exc)) from None
         if _is_image(input):
+            _set_dp_threads(dp_threads)
             if not _is_image(output):
                 raise _fail(f"an image input needs an image output (.png, .jpg), not {output!r}")
             frame = _load_image(input, spec.channels)
@@ -154,6 +158,7 @@ def register(app: typer.Typer) -> None:
             return
         if Path(output).suffix.lower() != ".mp4":
             raise _fail(f"a video input needs an .mp4 output, not {output!r}")
+        _set_dp_threads(dp_threads or 1)
         try:
             n, released = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality)
         except DpstreamError as exc:
@@ -276,6 +281,14 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
     if n == 0:
         raise _fail(f"{_display(input)} delivered no frame")
     return n, released
+
+
+def _set_dp_threads(n: int) -> None:
+    """Numba threads for dp's CPU kernels (0 keeps Numba's default: one per core)."""
+    if n:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def _fps(pending: list) -> float:

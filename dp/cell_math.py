@@ -100,22 +100,22 @@ def _digit(table, j, u):
     return lo
 
 
-def discrete_laplace(key, counter, domain, zero_threshold, digit_table, n_digits):
-    """Sample `counter` of a stream of discrete Laplace noise, Pr[Z = z] proportional to exp(-|z|/t).
+def samples_per_block(n_digits):
+    """Noise samples drawn from one ChaCha20 block: 2 when 3 digits suffice (t < 378,000), else 1."""
+    if n_digits <= 3:
+        return 2
+    return 1
+
+
+def laplace_from_block(w, base, zero_threshold, digit_table, n_digits):
+    """A discrete Laplace sample, Pr[Z = z] proportional to exp(-|z|/t), from words base.. of block w.
 
     Z = 0 with probability (1-q)/(1+q), q = exp(-1/t); otherwise Z = ±(1 + G) where G is geometric
     (Pr[G >= k] = q^k). G's base-256 digits are independent truncated geometrics (q^g factorises over
     digits), each drawn by inversion against a 64-bit fixed-point CDF (`digit_table`, built by dp.noise).
-    A sample takes 2 + 2 * n_digits words of ChaCha output: words 0-1 give a 64-bit uniform whose low bit
-    is the sign and whose top 63 bits decide zero, then one 64-bit uniform per digit. Up to 3 digits
-    (t < 378,000, every usual camera) two samples share one ChaCha block, words 0-7 and 8-15.
+    A sample takes 2 + 2 * n_digits words: words 0-1 give a 64-bit uniform whose low bit is the sign and
+    whose top 63 bits decide zero, then one 64-bit uniform per digit.
     """
-    if n_digits <= 3:
-        w = chacha20_block(key, counter >> 1, domain, 0, 0)
-        base = (counter & 1) * 8
-    else:
-        w = chacha20_block(key, counter, domain, 0, 0)
-        base = 0
     u = (w[base] << U32) | w[base + 1]
     if (u >> U1) < zero_threshold:
         return np.int64(0)
@@ -129,6 +129,16 @@ def discrete_laplace(key, counter, domain, zero_threshold, digit_table, n_digits
     if u & U1:
         return -magnitude
     return magnitude
+
+
+def discrete_laplace(key, counter, domain, zero_threshold, digit_table, n_digits):
+    """Sample number `counter` of the noise stream (key, domain): block counter // 2, words 0-7 or 8-15,
+    when two samples share a block (see samples_per_block); block `counter`, words 0.., otherwise."""
+    if samples_per_block(n_digits) == 2:
+        w = chacha20_block(key, counter >> 1, domain, 0, 0)
+        return laplace_from_block(w, (counter & 1) * 8, zero_threshold, digit_table, n_digits)
+    w = chacha20_block(key, counter, domain, 0, 0)
+    return laplace_from_block(w, 0, zero_threshold, digit_table, n_digits)
 
 
 def noisy_cell_mean(cell_sum, noise, n_pixels):
@@ -157,6 +167,8 @@ SHARED_FUNCTIONS = (
     "quarter_round",
     "chacha20_block",
     "_digit",
+    "samples_per_block",
+    "laplace_from_block",
     "discrete_laplace",
     "noisy_cell_mean",
     "clipped_difference",

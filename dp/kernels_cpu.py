@@ -1,8 +1,9 @@
 """CPU kernels (Numba): thin parallel loops around dp.cell_math.
 
 Cells are stored macro-block by macro-block in raster order, cells inside a block in raster order, channels
-innermost; `offsets[k]` is where block k's means start. The ChaCha counter of a mean is its index in that
-order, so the CUDA kernels, which visit cells in another order, draw the same noise for the same cell.
+innermost; `offsets[k]` is where block k's means start. The noise of a mean is sample number `index` of
+the frame's noise stream (fill_noise), so the CUDA kernels, which visit cells in another order, add the
+same noise to the same cell.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def _cache_follows_cell_math() -> bool:
 _CACHE = _cache_follows_cell_math()
 _m = cell_math.compile_with(numba.njit(cache=_CACHE, inline="always"))
 discrete_laplace = _m.discrete_laplace
+laplace_from_block = _m.laplace_from_block
+samples_per_block = _m.samples_per_block
 noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
 chacha20_block = _m.chacha20_block
@@ -61,8 +64,22 @@ _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, n_digits, out):
-    """Noisy uint8 means of every cell of every macro-block (the pixel part of a release)."""
+def fill_noise(key, domain, zero_threshold, table, n_digits, out):
+    """out[i] = sample i of the noise stream (key, domain), each ChaCha block computed once."""
+    per = samples_per_block(n_digits)
+    n = out.size
+    for blk in prange((n + per - 1) // per):
+        w = chacha20_block(key, blk, domain, 0, 0)
+        i = blk * per
+        out[i] = laplace_from_block(w, 0, zero_threshold, table, n_digits)
+        if per == 2 and i + 1 < n:
+            out[i + 1] = laplace_from_block(w, 8, zero_threshold, table, n_digits)
+
+
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
+def release_means(frame, codes, sizes, block, offsets, noise, out):
+    """Noisy uint8 means of every cell of every macro-block (the pixel part of a release); noise[i] is
+    the sample for mean i (fill_noise)."""
     height, width, channels = frame.shape
     n_by, n_bx = codes.shape
     for by in prange(n_by):
@@ -92,20 +109,16 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
                                 s0 += frame[y, x, 0]
                                 s1 += frame[y, x, 1]
                                 s2 += frame[y, x, 2]
-                        z0 = discrete_laplace(key, idx, _PIXELS, zero_threshold, table, n_digits)
-                        z1 = discrete_laplace(key, idx + 1, _PIXELS, zero_threshold, table, n_digits)
-                        z2 = discrete_laplace(key, idx + 2, _PIXELS, zero_threshold, table, n_digits)
-                        out[idx] = noisy_cell_mean(s0, z0, n)
-                        out[idx + 1] = noisy_cell_mean(s1, z1, n)
-                        out[idx + 2] = noisy_cell_mean(s2, z2, n)
+                        out[idx] = noisy_cell_mean(s0, noise[idx], n)
+                        out[idx + 1] = noisy_cell_mean(s1, noise[idx + 1], n)
+                        out[idx + 2] = noisy_cell_mean(s2, noise[idx + 2], n)
                     else:
                         for c in range(channels):
                             s = 0
                             for y in range(ya, yb):
                                 for x in range(xa, xb):
                                     s += frame[y, x, c]
-                            z = discrete_laplace(key, idx + c, _PIXELS, zero_threshold, table, n_digits)
-                            out[idx + c] = noisy_cell_mean(s, z, n)
+                            out[idx + c] = noisy_cell_mean(s, noise[idx + c], n)
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
@@ -232,10 +245,3 @@ def release_block_stats(means, codes, sizes, block, offsets, height, width, chan
             if cnt > 0:
                 within[by, bx] = max(acc / cnt, 0.0) / (b * b)
     return bmeans, bvar, within
-
-
-@numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def sample_discrete_laplace(key, domain, zero_threshold, table, n_digits, out):
-    """out[i] = the sample at counter i: the same draws the kernels make for mean index i."""
-    for i in prange(out.size):
-        out[i] = discrete_laplace(key, i, domain, zero_threshold, table, n_digits)

@@ -14,6 +14,9 @@ from dp import cell_math
 
 _m = cell_math.compile_with(cuda.jit(device=True))
 discrete_laplace = _m.discrete_laplace
+laplace_from_block = _m.laplace_from_block
+samples_per_block = _m.samples_per_block
+chacha20_block = _m.chacha20_block
 noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
 
@@ -26,15 +29,20 @@ _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 @cuda.jit
 def noise_kernel(key, domain, zero_threshold, table, n_digits, out):
-    """out[i] = the discrete Laplace sample of counter i: one thread per sample, all in parallel.
+    """out[i] = sample i of the noise stream (key, domain): one thread per ChaCha block, all in parallel.
 
     Noise does not depend on the frame, so it is drawn in its own launch with every thread busy, rather
     than by the few threads per tile that finalise cells (a ChaCha block is thousands of instructions).
     """
-    i = cuda.grid(1)
+    blk = cuda.grid(1)
+    per = samples_per_block(n_digits)
+    i = blk * per
     if i >= out.shape[0]:
-        return  # the last block overhangs the buffer
-    out[i] = discrete_laplace(key, i, domain, zero_threshold, table, n_digits)
+        return  # the last thread block overhangs the buffer
+    w = chacha20_block(key, blk, domain, 0, 0)
+    out[i] = laplace_from_block(w, 0, zero_threshold, table, n_digits)
+    if per == 2 and i + 1 < out.shape[0]:
+        out[i + 1] = laplace_from_block(w, 8, zero_threshold, table, n_digits)
 
 
 @cuda.jit
@@ -216,7 +224,8 @@ class CudaBackend:
     def noise(self, n: int, key, domain: int, tables):
         """Device buffer of n samples (counters 0..n-1) in one launch."""
         out = cuda.device_array(n, dtype=np.int64)
-        noise_kernel[-(-n // NOISE_THREADS), NOISE_THREADS](
+        blocks = -(-n // 2) if tables.n_digits <= 3 else n
+        noise_kernel[-(-blocks // NOISE_THREADS), NOISE_THREADS](
             cuda.to_device(key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits, out)
         return out
 

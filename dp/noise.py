@@ -107,10 +107,11 @@ def sample(scale: float | Decimal, n: int, key: bytes | None = None) -> np.ndarr
 
     For tests and audits of the sampler's law; releases draw their noise inside the kernels.
     """
-    from dp.kernels_cpu import sample_discrete_laplace
+    from dp.cell_math import DOMAIN_PIXELS
+    from dp.kernels_cpu import fill_noise
 
     tables = laplace_tables(Decimal(repr(scale)) if isinstance(scale, float) else Decimal(scale))
     out = np.empty(int(n), dtype=np.int64)
     words = fresh_key() if key is None else key_words(key)
-    sample_discrete_laplace(words, 1, tables.zero_threshold, tables.digits, tables.n_digits, out)
+    fill_noise(words, DOMAIN_PIXELS, tables.zero_threshold, tables.digits, tables.n_digits, out)
     return out

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from dp import layout as lay
+from dp.cell_math import DOMAIN_PIXELS
 from dp.errors import BackendUnavailable, ConfigError, FrameError
 from dp.noise import fresh_key, key_words, laplace_tables
 from dp.release import Release
@@ -36,11 +37,12 @@ class CpuBackend:
 
     @staticmethod
     def release_means(frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
-        from dp.kernels_cpu import release_means
+        from dp.kernels_cpu import fill_noise, release_means
 
+        noise = np.empty(n_means, dtype=np.int64)
+        fill_noise(key, DOMAIN_PIXELS, tables.zero_threshold, tables.digits, tables.n_digits, noise)
         out = np.empty(n_means, dtype=np.uint8)
-        release_means(frame, codes, sizes, block, offsets, key, tables.zero_threshold, tables.digits,
-                      tables.n_digits, out)
+        release_means(frame, codes, sizes, block, offsets, noise, out)
         return out
 
     @staticmethod

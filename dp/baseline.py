@@ -15,9 +15,11 @@ from dp.spec import PixelizeSpec
 
 
 def _sample(words: np.ndarray, counter: int, tables) -> int:
+    from dp.cell_math import DOMAIN_PIXELS
     from dp.kernels_cpu import discrete_laplace
 
-    return int(discrete_laplace(words, counter, 1, tables.zero_threshold, tables.digits, tables.n_digits))
+    return int(discrete_laplace(words, counter, DOMAIN_PIXELS, tables.zero_threshold, tables.digits,
+                                tables.n_digits))
 
 
 def dp_pix(frame: np.ndarray, spec: PixelizeSpec, key: bytes | None = None) -> np.ndarray:

@@ -59,7 +59,6 @@ samples_per_block = _m.samples_per_block
 noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
 chacha20_block = _m.chacha20_block
-_PIXELS = cell_math.DOMAIN_PIXELS
 _LAYOUT = cell_math.DOMAIN_LAYOUT
 
 

@@ -146,6 +146,8 @@ class Release:
             raise ReleaseFormatError("release checksum mismatch: the bytes are truncated or corrupted")
         try:
             return cls._parse(body)
+        except ReleaseFormatError:
+            raise
         except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise ReleaseFormatError(f"malformed release: {exc}") from None
 

@@ -1,8 +1,11 @@
-"""CUDA kernels (Numba-CUDA): one thread block per macro-block, around the same dp.cell_math functions.
+"""CUDA kernels (Numba-CUDA) around the same dp.cell_math functions as the CPU kernels.
 
-Imported lazily (only when a CUDA backend is asked for), so dp works without numba-cuda or a GPU. Means
-land at the same indices as on the CPU and take their noise from the same ChaCha counter, so the two
-backends agree byte for byte for the same key.
+A noise launch draws every sample of the frame's noise stream (one thread per ChaCha block); a sum kernel
+then adds it to the integer cell sums: the tiled kernel (one 32x32 pixel tile per thread block) when every
+tile holds one cell size, the generic kernel (one thread block per macro-block) otherwise. Imported lazily
+(only when a CUDA backend is asked for), so dp works without numba-cuda or a GPU. Means land at the same
+indices as on the CPU and take the same noise samples, so the two backends agree byte for byte for the
+same key.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from numba import cuda, int32, int64
 from dp import cell_math
 
 _m = cell_math.compile_with(cuda.jit(device=True))
-discrete_laplace = _m.discrete_laplace
 laplace_from_block = _m.laplace_from_block
 samples_per_block = _m.samples_per_block
 chacha20_block = _m.chacha20_block

@@ -212,18 +212,21 @@ def register(app: typer.Typer) -> None:
 
             writer = None
             count = 0
-            with _progress(None) as progress:
-                task = progress.add_task("rendering", total=None, rate="")
-                for rel in read_releases(file):
-                    img = _even(rel.reconstruct())
-                    if writer is None:
-                        writer = H264Mp4Writer(output, img.shape[1], img.shape[0], fps, channels=img.shape[2])
-                    writer.write(img)
-                    count += 1
-                    progress.update(task, advance=1)
+            try:
+                with _progress(None) as progress:
+                    task = progress.add_task("rendering", total=None, rate="")
+                    for rel in read_releases(file):
+                        img = _even(rel.reconstruct())
+                        if writer is None:
+                            writer = H264Mp4Writer(output, img.shape[1], img.shape[0], fps, channels=img.shape[2])
+                        writer.write(img)
+                        count += 1
+                        progress.update(task, advance=1)
+            finally:
+                if writer is not None:  # a corrupt release midway still leaves a playable file of the rest
+                    writer.close()
             if writer is None:
                 raise _fail(f"{file!r} holds no release")
-            writer.close()
             console.print(f"rendered {count} releases to {output}")
         except DpstreamError as exc:
             raise _fail(str(exc)) from None

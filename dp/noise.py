@@ -10,7 +10,7 @@ sample. Measured over scales from 0.5 to 1e9 it stays below 2^-56 (t = 12240, th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from functools import lru_cache
 
@@ -32,6 +32,15 @@ class LaplaceTables:
     zero_threshold: np.uint64  # Pr[Z = 0] in 63-bit fixed point
     digits: np.ndarray  # (n_digits, 255) uint64 CDF thresholds of each base-256 digit
     tv_bound: float  # total-variation distance to the exact law, per sample
+    guide: np.ndarray = field(default=None, repr=False)  # (n_digits, 256) uint8, see __post_init__
+
+    def __post_init__(self) -> None:
+        # guide[j, v]: digit j's inverse at v * 2^56, where the CPU sampler starts its search for a
+        # uniform whose top byte is v; the search ends at the full inversion's digit, exactly
+        if self.guide is None:
+            starts = np.arange(256, dtype=np.uint64) << np.uint64(56)
+            guide = np.stack([np.searchsorted(row, starts, side="right") for row in self.digits])
+            object.__setattr__(self, "guide", guide.astype(np.uint8))
 
     @property
     def n_digits(self) -> int:
@@ -113,5 +122,5 @@ def sample(scale: float | Decimal, n: int, key: bytes | None = None) -> np.ndarr
     tables = laplace_tables(Decimal(repr(scale)) if isinstance(scale, float) else Decimal(scale))
     out = np.empty(int(n), dtype=np.int64)
     words = fresh_key() if key is None else key_words(key)
-    fill_noise(words, DOMAIN_PIXELS, tables.zero_threshold, tables.digits, tables.n_digits, out)
+    fill_noise(words, DOMAIN_PIXELS, tables.zero_threshold, tables.digits, tables.guide, tables.n_digits, out)
     return out

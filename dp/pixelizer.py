@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from dp import layout as lay
-from dp.cell_math import DOMAIN_PIXELS
+from dp.cell_math import DOMAIN_LAYOUT, DOMAIN_PIXELS
 from dp.errors import BackendUnavailable, ConfigError, FrameError
 from dp.noise import fresh_key, key_words, laplace_tables
 from dp.release import Release
@@ -37,12 +37,10 @@ class CpuBackend:
 
     @staticmethod
     def release_means(frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
-        from dp.kernels_cpu import fill_noise, release_means
+        from dp.kernels_cpu import release_means
 
-        noise = np.empty(n_means, dtype=np.int64)
-        fill_noise(key, DOMAIN_PIXELS, tables.zero_threshold, tables.digits, tables.n_digits, noise)
         out = np.empty(n_means, dtype=np.uint8)
-        release_means(frame, codes, sizes, block, offsets, noise, out)
+        release_means(frame, codes, sizes, block, offsets, _noise(n_means, key, DOMAIN_PIXELS, tables), out)
         return out
 
     @staticmethod
@@ -50,8 +48,17 @@ class CpuBackend:
         from dp.kernels_cpu import noisy_complexity
 
         out = np.empty(n_blocks, dtype=np.int64)
-        noisy_complexity(frame, block, clip, key, tables.zero_threshold, tables.digits, tables.n_digits, out)
+        noisy_complexity(frame, block, clip, _noise(n_blocks, key, DOMAIN_LAYOUT, tables), out)
         return out
+
+
+def _noise(n: int, key: np.ndarray, domain: int, tables) -> np.ndarray:
+    """Samples 0..n-1 of the noise stream (key, domain) on the CPU."""
+    from dp.kernels_cpu import fill_noise
+
+    noise = np.empty(n, dtype=np.int64)
+    fill_noise(key, domain, tables.zero_threshold, tables.digits, tables.guide, tables.n_digits, noise)
+    return noise
 
 
 def cuda_usable() -> bool:

@@ -108,3 +108,34 @@ def test_different_keys_give_independent_noise(key):
     b = sample(50.0, 10_000)
     assert not np.array_equal(a, b)
     assert abs(stats.pearsonr(a, b)[0]) < Z_1E4 / np.sqrt(10_000)
+
+
+# --- the CPU's vectorized generator and guide-table sampler equal the shared scalar reference ---------
+def test_simd_chacha_blocks_equal_the_scalar_block_function(key):
+    """kernels_cpu.chacha20_blocks (many blocks per SIMD pass) against cell_math's block function,
+    including a count that is not a multiple of the vector width and the 32-bit counter's wraparound."""
+    words = key_words(key)
+    for first, count, domain in ((0, 37, 1), (2**32 - 5, 11, 2), (123_456, 16, 7)):
+        out = np.empty((16, count), dtype=np.uint32)
+        kernels_cpu.chacha20_blocks(words, first, count, domain, out)
+        want = np.array([kernels_cpu.chacha20_block(words, first + i, domain, 0, 0) for i in range(count)],
+                        dtype=np.uint64).T.astype(np.uint32)
+        assert np.array_equal(out, want), (first, count, domain)
+
+
+@pytest.mark.parametrize("scale", ["0.5", "3", "765", "12240", "1e7", "4e12"])
+def test_fill_noise_equals_the_reference_sampler(scale, key):
+    """Every sample of fill_noise (SIMD ChaCha, guide tables, parallel chunks) is the shared scalar
+    sampler's sample at the same index: one or two samples per block, one to six digits."""
+    from dp.cell_math import DOMAIN_LAYOUT
+
+    tables = laplace_tables(Decimal(scale))
+    words = key_words(key)
+    n = 3 * 256 + 77  # several parallel chunks, the last one partial, an odd count
+    out = np.empty(n, dtype=np.int64)
+    kernels_cpu.fill_noise(words, DOMAIN_LAYOUT, tables.zero_threshold, tables.digits, tables.guide,
+                           tables.n_digits, out)
+    want = [kernels_cpu.discrete_laplace(words, i, DOMAIN_LAYOUT, tables.zero_threshold, tables.digits,
+                                         tables.n_digits) for i in range(n)]
+    assert out.tolist() == want
+

@@ -59,7 +59,7 @@ samples_per_block = _m.samples_per_block
 noisy_cell_mean = _m.noisy_cell_mean
 clipped_difference = _m.clipped_difference
 chacha20_block = _m.chacha20_block
-_LAYOUT = cell_math.DOMAIN_LAYOUT
+_PIXELS = cell_math.DOMAIN_PIXELS
 
 
 # --- ChaCha20, many blocks per SIMD pass (CPU only) -------------------------------------------------
@@ -182,25 +182,37 @@ def _laplace_from_words(w, k, base, zero_threshold, table, guide, n_digits):
     return magnitude
 
 
-_NOISE_CHUNK = 256  # ChaCha blocks per parallel task: 16 KiB of words, which stay in L1
+_NOISE_CHUNK = 256  # ChaCha blocks per pass: 16 KiB of words, which stay in L1
+
+
+@numba.njit(inline="always")
+def _noise_range(key, domain, i0, i1, zero_threshold, table, guide, n_digits, out):
+    """out[0 : i1-i0] = samples i0 .. i1-1 of the noise stream (key, domain), as
+    cell_math.discrete_laplace(key, i, domain, ...) would draw them."""
+    per = samples_per_block(n_digits)
+    w = np.empty((16, _NOISE_CHUNK), dtype=np.uint32)
+    blk = i0 // per
+    blk_end = (i1 + per - 1) // per
+    while blk < blk_end:
+        count = min(_NOISE_CHUNK, blk_end - blk)
+        chacha20_blocks(key, blk, count, domain, w)
+        for k in range(count):
+            for h in range(per):
+                i = (blk + k) * per + h
+                if i0 <= i < i1:
+                    out[i - i0] = _laplace_from_words(w, k, 8 * h, zero_threshold, table, guide, n_digits)
+        blk += count
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def fill_noise(key, domain, zero_threshold, table, guide, n_digits, out):
     """out[i] = sample i of the noise stream (key, domain), as cell_math.discrete_laplace(key, i, ...)."""
-    per = samples_per_block(n_digits)
     n = out.size
-    n_blocks = (n + per - 1) // per
-    for chunk in prange((n_blocks + _NOISE_CHUNK - 1) // _NOISE_CHUNK):
-        first = chunk * _NOISE_CHUNK
-        count = min(_NOISE_CHUNK, n_blocks - first)
-        w = np.empty((16, _NOISE_CHUNK), dtype=np.uint32)
-        chacha20_blocks(key, first, count, domain, w)
-        for k in range(count):
-            i = (first + k) * per
-            out[i] = _laplace_from_words(w, k, 0, zero_threshold, table, guide, n_digits)
-            if per == 2 and i + 1 < n:
-                out[i + 1] = _laplace_from_words(w, k, 8, zero_threshold, table, guide, n_digits)
+    step = _NOISE_CHUNK * samples_per_block(n_digits)
+    for part in prange((n + step - 1) // step):
+        i0 = part * step
+        i1 = min(i0 + step, n)
+        _noise_range(key, domain, i0, i1, zero_threshold, table, guide, n_digits, out[i0:i1])
 
 
 # --- cell sums ---------------------------------------------------------------------------------------
@@ -222,10 +234,13 @@ def _add_rows(flat, y_first, y_end, j0, j1, acc):
             view[j] += row[j]
 
 
+_MAX_RUN = 24  # blocks per run: the int32 accumulator of a run's row (<= 9 KiB at S=32, RGB) stays in L1
+
+
 @numba.njit(inline="always")
 def _run_end(codes, by, bx):
-    """The first block after bx in row by whose layout code differs from block bx's."""
-    n_bx = codes.shape[1]
+    """The first block after bx in row by whose layout code differs from block bx's (at most _MAX_RUN on)."""
+    n_bx = min(codes.shape[1], bx + _MAX_RUN)
     end = bx + 1
     while end < n_bx and codes[by, end] == codes[by, bx]:
         end += 1
@@ -233,13 +248,22 @@ def _run_end(codes, by, bx):
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def release_means(frame, codes, sizes, block, offsets, noise, out):
-    """Noisy uint8 means of every cell of every macro-block (the pixel part of a release); noise[i] is
-    the sample for mean i (fill_noise)."""
+def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, guide, n_digits, out):
+    """Noisy uint8 means of every cell of every macro-block (the pixel part of a release).
+
+    Mean i gets sample i of the noise stream (key, DOMAIN_PIXELS), the same sample the CUDA backend adds.
+    Each macro-block row draws the samples of its own means (a contiguous range) right before it needs
+    them, so noise and sums run in one parallel pass and the noise never leaves the cache.
+    """
     height, width, channels = frame.shape
     n_by, n_bx = codes.shape
     flat = frame.reshape(height, width * channels)
+    n_means = out.size
     for by in prange(n_by):
+        first = offsets[by * n_bx]
+        last = offsets[by * n_bx + n_bx] if by + 1 < n_by else n_means
+        noise = np.empty(last - first, dtype=np.int64)
+        _noise_range(key, _PIXELS, first, last, zero_threshold, table, guide, n_digits, noise)
         acc = np.empty(width * channels, dtype=np.int32)
         y0 = by * block
         bh = min(block, height - y0)
@@ -264,6 +288,7 @@ def release_means(frame, codes, sizes, block, offsets, noise, out):
                         xe = min(xa + b, xk + bw)
                         n = (yb - ya) * (xe - xa)
                         idx = base + cx * channels
+                        z = idx - first
                         if channels == 3:
                             s0 = 0
                             s1 = 0
@@ -272,16 +297,31 @@ def release_means(frame, codes, sizes, block, offsets, noise, out):
                                 s0 += acc[3 * x]
                                 s1 += acc[3 * x + 1]
                                 s2 += acc[3 * x + 2]
-                            out[idx] = noisy_cell_mean(s0, noise[idx], n)
-                            out[idx + 1] = noisy_cell_mean(s1, noise[idx + 1], n)
-                            out[idx + 2] = noisy_cell_mean(s2, noise[idx + 2], n)
+                            out[idx] = noisy_cell_mean(s0, noise[z], n)
+                            out[idx + 1] = noisy_cell_mean(s1, noise[z + 1], n)
+                            out[idx + 2] = noisy_cell_mean(s2, noise[z + 2], n)
                         else:
                             for c in range(channels):
                                 s = 0
                                 for x in range(xa, xe):
                                     s += acc[x * channels + c]
-                                out[idx + c] = noisy_cell_mean(s, noise[idx + c], n)
+                                out[idx + c] = noisy_cell_mean(s, noise[z + c], n)
             bx = end
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def cell_offsets(codes, sizes, block, height, width, channels, out):
+    """out[k] = where macro-block k's means start (row-major blocks); returns the number of means."""
+    n_by, n_bx = codes.shape
+    total = 0
+    for by in range(n_by):
+        bh = min(block, height - by * block)
+        for bx in range(n_bx):
+            bw = min(block, width - bx * block)
+            b = sizes[codes[by, bx]]
+            out[by * n_bx + bx] = total
+            total += ((bh + b - 1) // b) * ((bw + b - 1) // b) * channels
+    return total
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
@@ -320,41 +360,43 @@ def noisy_complexity(frame, block, clip, noise, out):
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def reconstruct(means, codes, sizes, block, offsets, out):
-    """Fill every cell of `out` (HxWxC) with its released mean, cell by cell (no per-pixel division)."""
+    """Fill every cell of `out` (HxWxC) with its released mean: per band of cell rows, one template row
+    of the band's means is built, then copied into each pixel row of the band (contiguous copies)."""
     height, width, channels = out.shape
     n_by, n_bx = codes.shape
+    flat = out.reshape(height, width * channels)
     for by in prange(n_by):
         y0 = by * block
         bh = min(block, height - y0)
+        top = np.empty_like(flat[0])
+        # bands of g rows, g the gcd of the row's cell sizes: no cell boundary falls inside a band
+        g = block
         for bx in range(n_bx):
-            x0 = bx * block
-            bw = min(block, width - x0)
-            b = sizes[codes[by, bx]]
-            ncy = (bh + b - 1) // b
-            ncx = (bw + b - 1) // b
-            base = offsets[by * n_bx + bx]
-            for cy in range(ncy):
-                ya = y0 + cy * b
-                yb = min(ya + b, y0 + bh)
+            a = sizes[codes[by, bx]]
+            while a:
+                g, a = a, g % a
+        for band in range((bh + g - 1) // g):
+            ya = y0 + band * g
+            yb = min(ya + g, y0 + bh)
+            for bx in range(n_bx):
+                xk = bx * block
+                bw = min(block, width - xk)
+                b = sizes[codes[by, bx]]
+                ncx = (bw + b - 1) // b
+                cy = (ya - y0) // b
+                base = offsets[by * n_bx + bx] + cy * ncx * channels
                 for cx in range(ncx):
-                    xa = x0 + cx * b
-                    xb = min(xa + b, x0 + bw)
-                    idx = base + (cy * ncx + cx) * channels
-                    if channels == 3:
-                        m0 = means[idx]
-                        m1 = means[idx + 1]
-                        m2 = means[idx + 2]
-                        for y in range(ya, yb):
-                            for x in range(xa, xb):
-                                out[y, x, 0] = m0
-                                out[y, x, 1] = m1
-                                out[y, x, 2] = m2
-                    else:
+                    xa = xk + cx * b
+                    xe = min(xa + b, xk + bw)
+                    idx = base + cx * channels
+                    for x in range(xa, xe):
                         for c in range(channels):
-                            m = means[idx + c]
-                            for y in range(ya, yb):
-                                for x in range(xa, xb):
-                                    out[y, x, c] = m
+                            top[x * channels + c] = means[idx + c]
+            nj = width * channels
+            for y in range(ya, yb):
+                row = flat[y]
+                for j in range(nj):
+                    row[j] = top[j]
 
 
 @numba.njit(cache=_CACHE, nogil=True)

@@ -44,13 +44,12 @@ class Grid:
 
     def cell_offsets(self, codes: np.ndarray, sizes: np.ndarray, channels: int) -> tuple[np.ndarray, int]:
         """Start of each block's means in the release (flattened row-major) and the total count."""
-        hb, wb = self.block_dims()
-        b = sizes[codes].astype(np.int64)
-        n_cells = (-(-hb[:, None] // b)) * (-(-wb[None, :] // b))
-        counts = n_cells.ravel() * channels
-        offsets = np.zeros(counts.size, dtype=np.int64)
-        np.cumsum(counts[:-1], out=offsets[1:])
-        return offsets, int(counts.sum())
+        from dp.kernels_cpu import cell_offsets
+
+        offsets = np.empty(codes.size, dtype=np.int64)
+        total = cell_offsets(np.ascontiguousarray(codes, dtype=np.uint8), np.asarray(sizes, dtype=np.int64),
+                             self.block, self.height, self.width, channels, offsets)
+        return offsets, int(total)
 
 
 def uniform_codes(grid: Grid, spec: PixelizeSpec, cell_size: int | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from dp import layout as lay
-from dp.cell_math import DOMAIN_LAYOUT, DOMAIN_PIXELS
+from dp.cell_math import DOMAIN_LAYOUT
 from dp.errors import BackendUnavailable, ConfigError, FrameError
 from dp.noise import fresh_key, key_words, laplace_tables
 from dp.release import Release
@@ -40,7 +40,8 @@ class CpuBackend:
         from dp.kernels_cpu import release_means
 
         out = np.empty(n_means, dtype=np.uint8)
-        release_means(frame, codes, sizes, block, offsets, _noise(n_means, key, DOMAIN_PIXELS, tables), out)
+        release_means(frame, codes, sizes, block, offsets, key, tables.zero_threshold, tables.digits, tables.guide,
+                      tables.n_digits, out)
         return out
 
     @staticmethod

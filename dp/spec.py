@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -160,7 +161,7 @@ class PixelizeSpec:
         # one changed pixel position moves one cell's C sums by <= 255 each, whatever the layout
         return 255 * self.m_pixels * self.channels
 
-    @property
+    @cached_property
     def noise_scale(self) -> Decimal:
         """t = sensitivity / eps_pix of the discrete Laplace noise on every cell sum, exactly."""
         return _decimal(Fraction(self.sensitivity_l1) / exact_epsilon(self.eps_pix))
@@ -170,7 +171,7 @@ class PixelizeSpec:
         # a pixel sits in at most 4 adjacent pairs, each over C channels, each term clipped at G
         return 4 * self.m_pixels * self.channels * self.gradient_clip
 
-    @property
+    @cached_property
     def layout_noise_scale(self) -> Decimal:
         """Scale of the discrete Laplace noise on each block's integer complexity numerator."""
         if self.eps_layout == 0:

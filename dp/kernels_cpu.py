@@ -399,6 +399,85 @@ def reconstruct(means, codes, sizes, block, offsets, out):
                     row[j] = top[j]
 
 
+def i420_layout(height: int, width: int) -> tuple[int, int, int, int]:
+    """(even height, even width, luma stride, chroma stride) of the I420 buffer reconstruct_i420 writes:
+    planar Y, U, V; rows padded to a multiple of 4 bytes (GStreamer's default video layout)."""
+    he, we = height + height % 2, width + width % 2
+    return he, we, (we + 3) & ~3, (we // 2 + 3) & ~3
+
+
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
+def reconstruct_i420(means, codes, sizes, block, offsets, height, width, out):
+    """The privatized RGB image written straight into an I420 buffer (see i420_layout), for encoders.
+
+    Each cell's RGB mean is converted once to BT.601 limited-range YUV (integer rule); the frame is
+    padded to even size by repeating its last row and column. Chroma sample (i, j) takes the colour of
+    pixel (2i, 2j)'s cell, exact whenever cells have even sizes at even offsets (the default sizes).
+    Row padding bytes are zeroed. Replaces reconstruct + an RGB->I420 conversion of every pixel.
+    """
+    n_by, n_bx = codes.shape
+    he = height + height % 2
+    we = width + width % 2
+    sy = (we + 3) & ~3
+    sc = (we // 2 + 3) & ~3
+    n_cells = means.size // 3
+    ycell = np.empty(n_cells, dtype=np.uint8)
+    ucell = np.empty(n_cells, dtype=np.uint8)
+    vcell = np.empty(n_cells, dtype=np.uint8)
+    for k in range(n_cells):
+        r = np.int32(means[3 * k])
+        g = np.int32(means[3 * k + 1])
+        b = np.int32(means[3 * k + 2])
+        ycell[k] = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+        ucell[k] = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+        vcell[k] = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    luma = out[: sy * he].reshape(he, sy)
+    u_plane = out[sy * he: sy * he + sc * (he // 2)].reshape(he // 2, sc)
+    v_plane = out[sy * he + sc * (he // 2): sy * he + 2 * sc * (he // 2)].reshape(he // 2, sc)
+    for by in prange(n_by):
+        y0 = by * block
+        bh = min(block, height - y0)
+        ty = np.zeros(sy, dtype=np.uint8)
+        tu = np.zeros(sc, dtype=np.uint8)
+        tv = np.zeros(sc, dtype=np.uint8)
+        g = block  # bands of g rows, g the gcd of the row's cell sizes (as in reconstruct)
+        for bx in range(n_bx):
+            a = sizes[codes[by, bx]]
+            while a:
+                g, a = a, g % a
+        for band in range((bh + g - 1) // g):
+            ya = y0 + band * g
+            yb = min(ya + g, y0 + bh)
+            for bx in range(n_bx):
+                xk = bx * block
+                bw = min(block, width - xk)
+                b = sizes[codes[by, bx]]
+                ncx = (bw + b - 1) // b
+                base = offsets[by * n_bx + bx] // 3 + ((ya - y0) // b) * ncx
+                for cx in range(ncx):
+                    xa = xk + cx * b
+                    xe = min(xa + b, xk + bw)
+                    k = base + cx
+                    for x in range(xa, xe):
+                        ty[x] = ycell[k]
+                    for x in range((xa + 1) // 2, (xe + 1) // 2):
+                        tu[x] = ucell[k]
+                        tv[x] = vcell[k]
+            if we > width:
+                ty[width] = ty[width - 1]
+            last = he if yb == height else yb  # the padding row repeats the last one
+            for y in range(ya, last):
+                row = luma[y]
+                for j in range(sy):
+                    row[j] = ty[j]
+                if y % 2 == 0:
+                    urow = u_plane[y // 2]
+                    vrow = v_plane[y // 2]
+                    for j in range(sc):
+                        urow[j] = tu[j]
+                        vrow[j] = tv[j]
+
+
 @numba.njit(cache=_CACHE, nogil=True)
 def release_block_stats(means, codes, sizes, block, offsets, height, width, channels, cell_var_num):
     """Statistics of a release, per macro-block, for the `previous` layout rule.

@@ -107,6 +107,23 @@ class Release:
                     self._offsets, out)
         return out
 
+    def reconstruct_i420(self) -> np.ndarray:
+        """The privatized image as one I420 buffer for a video encoder (RGB releases only).
+
+        Planar Y, U, V in BT.601 limited range at even size (the last row and column repeated), rows
+        padded to multiples of 4 bytes: the layout `dp.kernels_cpu.i420_layout` gives and GStreamer
+        expects. The same picture as `reconstruct()` without a per-pixel colour conversion.
+        """
+        from dp.kernels_cpu import i420_layout, reconstruct_i420
+
+        if self.channels != 3:
+            raise ReleaseFormatError(f"reconstruct_i420 needs an RGB release; this one has {self.channels} channel")
+        he, _we, sy, sc = i420_layout(self.height, self.width)
+        out = np.empty(sy * he + 2 * sc * (he // 2), dtype=np.uint8)
+        reconstruct_i420(self.means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
+                         self._offsets, self.height, self.width, out)
+        return out
+
     # --- bytes -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         cam = self.camera_id.encode("utf-8")

@@ -65,14 +65,6 @@ def save_image(path: str, frame: np.ndarray) -> None:
     Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame).save(path)
 
 
-def _even(frame: np.ndarray) -> np.ndarray:
-    """H.264 4:2:0 needs even sides: repeat the last row/column of the (already private) image."""
-    h, w = frame.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return frame
-    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-
-
 def _progress(total: int | None) -> Progress:
     columns = [SpinnerColumn(), TextColumn("[progress.description]{task.description}")]
     if total:
@@ -208,18 +200,15 @@ def register(app: typer.Typer) -> None:
                     raise _fail(f"--index {index}: {file!r} holds {len(releases)} releases") from None
                 save_image(output, rel.reconstruct())
                 return
-            from streams.files import H264Mp4Writer
-
             writer = None
             count = 0
             try:
                 with _progress(None) as progress:
                     task = progress.add_task("rendering", total=None, rate="")
                     for rel in read_releases(file):
-                        img = _even(rel.reconstruct())
                         if writer is None:
-                            writer = H264Mp4Writer(output, img.shape[1], img.shape[0], fps, channels=img.shape[2])
-                        writer.write(img)
+                            writer = _video_writer(output, rel, fps, None)
+                        _write_release(writer, rel)
                         count += 1
                         progress.update(task, advance=1)
             finally:
@@ -236,7 +225,7 @@ def register(app: typer.Typer) -> None:
 
 def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):
     from service.statsfile import StatsWriter
-    from streams.files import EncoderSettings, H264Mp4Writer, iter_frames
+    from streams.files import iter_frames
 
     writer = None
     stats_writer = StatsWriter(stats) if stats else None
@@ -255,27 +244,23 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
                     released += 1
                     if stats_writer is not None:
                         stats_writer.write(last)
-                img = _even(last.reconstruct())
                 n += 1
                 elapsed = progress.tasks[0].elapsed or 0.0
                 progress.update(task, advance=1, rate=f"{n / elapsed:.1f} fps" if elapsed else "")
-                if writer is None:
-                    pending.append((frame.pts_s, img))
+                if writer is None:  # the frame rate comes from the first two timestamps
+                    pending.append((frame.pts_s, last))
                     if len(pending) < 2:
                         continue
-                    fps = _fps(pending)
-                    writer = H264Mp4Writer(output, img.shape[1], img.shape[0], fps, channels=img.shape[2],
-                                           encoder=EncoderSettings(quality=quality))
-                    for _, im in pending:
-                        writer.write(im)
+                    writer = _video_writer(output, last, _fps(pending), quality)
+                    for _, rel in pending:
+                        _write_release(writer, rel)
                     pending.clear()
                 else:
-                    writer.write(img)
+                    _write_release(writer, last)
         if writer is None and pending:
-            writer = H264Mp4Writer(output, pending[0][1].shape[1], pending[0][1].shape[0], 30,
-                                   channels=pending[0][1].shape[2], encoder=EncoderSettings(quality=quality))
-            for _, im in pending:
-                writer.write(im)
+            writer = _video_writer(output, pending[0][1], 30, quality)
+            for _, rel in pending:
+                _write_release(writer, rel)
     finally:
         if writer is not None:
             writer.close()
@@ -284,6 +269,22 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
     if n == 0:
         raise _fail(f"{_display(input)} delivered no frame")
     return n, released
+
+
+def _video_writer(output, rel: Release, fps: float, quality: int | None):
+    """An H.264 writer for releases like `rel`: RGB releases go in as I420 (no colour conversion)."""
+    from streams.files import EncoderSettings, H264Mp4Writer
+
+    encoder = EncoderSettings(quality=quality) if quality is not None else None
+    return H264Mp4Writer(output, rel.width, rel.height, fps, channels=rel.channels, encoder=encoder,
+                         input_format="i420" if rel.channels == 3 else "rgb")
+
+
+def _write_release(writer, rel: Release) -> None:
+    if writer.input_format == "i420":
+        writer.write_i420(rel.reconstruct_i420())
+    else:
+        writer.write(rel.reconstruct())
 
 
 def _set_dp_threads(n: int) -> None:

@@ -94,7 +94,15 @@ def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarr
     else:
         # GStreamer's default packing: rows aligned to 4 bytes.
         stride, offset = (width * channels + 3) & ~3, 0
-    data = buf.extract_dup(0, buf.get_size())  # one copy out of GStreamer's memory; read-only bytes
+    # one copy out of GStreamer's memory into read-only bytes; map().data copies at memcpy speed, while
+    # extract_dup goes through PyGObject's per-element array marshalling (4.7 ms against 0.1 ms at 1080p)
+    ok, info = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise IngestError("could not map a decoded frame's memory")
+    try:
+        data = info.data
+    finally:
+        buf.unmap(info)
     flat = np.frombuffer(data, dtype=np.uint8)
     row_bytes = width * channels
     if stride == row_bytes and offset == 0:

@@ -102,12 +102,16 @@ class H264Mp4Writer:
         channels: int = 3,
         encoder: EncoderSettings | None = None,
         convert_threads: int = 0,
+        input_format: str = "rgb",
     ) -> None:
         ensure_init()
         if width <= 0 or height <= 0:
             raise ConfigError(f"width={width}, height={height}: sizes must be positive")
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
+        if input_format not in ("rgb", "i420") or (input_format == "i420" and channels != 3):
+            raise ConfigError(f"input_format={input_format!r}: use 'rgb', or 'i420' with channels=3")
+        self.input_format = input_format
         self.path = os.fspath(path)
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
@@ -117,15 +121,17 @@ class H264Mp4Writer:
         self.fps = _fps_fraction(fps)
         self.encoder = encoder or EncoderSettings()
         threads = convert_threads or (os.cpu_count() or 1)
-        fmt = "RGB" if channels == 3 else "GRAY8"
+        fmt = "I420" if input_format == "i420" else "RGB" if channels == 3 else "GRAY8"
         caps = (
             f"video/x-raw,format={fmt},width={self.encoded_width},height={self.encoded_height},"
             f"framerate={self.fps.numerator}/{self.fps.denominator}"
         )
+        # I420 input (dp.Release.reconstruct_i420: BT.601 limited range) goes to the encoder unconverted
+        convert = ("video/x-raw,colorimetry=bt601 ! " if input_format == "i420"
+                   else f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! ")
         self.pipeline = parse_pipeline(
             f"appsrc name=src format=time block=true max-bytes={3 * self.encoded_width * self.encoded_height * channels} caps={caps} ! "
-            f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! {self.encoder.x264_description()} ! "
-            "h264parse ! mp4mux ! filesink name=sink"
+            f"{convert}{self.encoder.x264_description()} ! h264parse ! mp4mux ! filesink name=sink"
         )
         self.pipeline.get_by_name("sink").set_property("location", self.path)
         self._src = self.pipeline.get_by_name("src")
@@ -136,10 +142,30 @@ class H264Mp4Writer:
         self._closed = False
         set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"writer {self.path!r}")
 
+    def write_i420(self, buffer: np.ndarray) -> None:
+        """Append one I420 frame as `dp.Release.reconstruct_i420` writes it (writer made with
+        ``input_format="i420"``); it reaches the encoder without a colour conversion."""
+        if self._closed:
+            raise ConfigError(f"writer {self.path!r} is closed")
+        if self.input_format != "i420":
+            raise ConfigError(f"writer {self.path!r} takes {self.input_format} frames; open it with input_format='i420'")
+        he, we = self.encoded_height, self.encoded_width
+        expected = ((we + 3) & ~3) * he + 2 * ((we // 2 + 3) & ~3) * (he // 2)
+        arr = np.asarray(buffer)
+        if arr.dtype != np.uint8 or arr.ndim != 1 or arr.size != expected:
+            raise ConfigError(
+                f"writer {self.path!r}: I420 buffer is {arr.dtype} {arr.shape}, expected uint8 ({expected},) "
+                f"for {self.width}x{self.height}"
+            )
+        self._check_bus()
+        self._push(Gst.Buffer.new_wrapped(arr.tobytes()))
+
     def write(self, frame: np.ndarray) -> None:
         """Append one frame (HxWxC uint8, C == channels; HxW accepted for grey)."""
         if self._closed:
             raise ConfigError(f"writer {self.path!r} is closed")
+        if self.input_format != "rgb":
+            raise ConfigError(f"writer {self.path!r} takes I420 buffers (write_i420)")
         arr = np.asarray(frame)
         if arr.ndim == 2 and self.channels == 1:
             arr = arr[:, :, None]
@@ -161,7 +187,9 @@ class H264Mp4Writer:
             data = padded.tobytes()
         else:
             data = np.ascontiguousarray(arr).tobytes()
-        buf = Gst.Buffer.new_wrapped(data)
+        self._push(Gst.Buffer.new_wrapped(data))
+
+    def _push(self, buf) -> None:
         buf.pts = Gst.util_uint64_scale(
             self.frames_written * Gst.SECOND, self.fps.denominator, self.fps.numerator
         )

@@ -218,6 +218,39 @@ def test_release_bytes_round_trip_exactly(mode, rng):
     assert rel.header["camera_id"] == "lobby-é" and rel.header["frame_index"] == 41
 
 
+@pytest.mark.parametrize("mode", ["previous", "fixed"])  # fixed: 5 px cells, odd sizes and offsets
+@pytest.mark.parametrize("shape", [(37, 53), (40, 64), (1, 1), (33, 2)])
+def test_i420_reconstruction_is_the_rgb_picture_in_bt601(mode, shape, rng):
+    """reconstruct_i420 (for encoders) equals the BT.601 limited-range conversion of reconstruct(), at even
+    size with the last row and column repeated, chroma from the top-left pixel of each 2x2 block, and
+    zeroed row padding."""
+    from dp.kernels_cpu import i420_layout
+
+    h, w = shape
+    px = Pixelizer(spec_for(mode, eps_pix=50.0, m_pixels=1), backend="cpu")
+    px.release(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # a mixed layout for the next frame
+    rel = px.release(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    buf = rel.reconstruct_i420()
+    he, we, sy, sc = i420_layout(h, w)
+    assert buf.shape == (sy * he + 2 * sc * (he // 2),)
+    rgb = np.pad(rel.reconstruct().astype(np.int64), ((0, he - h), (0, we - w), (0, 0)), mode="edge")
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    want_y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    want_u = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128)[::2, ::2]
+    want_v = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128)[::2, ::2]
+    planes = buf[: sy * he].reshape(he, sy), buf[sy * he: sy * he + sc * (he // 2)].reshape(he // 2, sc), \
+        buf[sy * he + sc * (he // 2):].reshape(he // 2, sc)
+    for plane, want, cols in zip(planes, (want_y, want_u, want_v), (we, we // 2, we // 2), strict=True):
+        assert np.array_equal(plane[:, :cols], want)
+        assert not plane[:, cols:].any()
+
+
+def test_i420_reconstruction_needs_rgb():
+    rel = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=1), backend="cpu").release(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ReleaseFormatError, match="RGB"):
+        rel.reconstruct_i420()
+
+
 def test_release_is_compact():
     rel = Pixelizer(PixelizeSpec(eps_pix=1.0, cell_size=16), backend="cpu").release(
         np.zeros((1080, 1920, 3), np.uint8))

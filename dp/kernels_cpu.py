@@ -325,37 +325,52 @@ def cell_offsets(codes, sizes, block, height, width, channels, out):
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def noisy_complexity(frame, block, clip, noise, out):
+def noisy_complexity(frame, block, clip, noise, column_proto, out):
     """Per macro-block: sum of min(|x_p - x_q|, G) over adjacent pairs inside the block and channels, plus
-    noise[k] (discrete Laplace, stream DOMAIN_LAYOUT). Only the noisy value leaves this function."""
+    noise[k] (discrete Laplace, stream DOMAIN_LAYOUT). Only the noisy value leaves this function.
+
+    Whole pixel rows at a time, in uint8 (|a - b| = max - min, clipped at G <= 255; a pair that crosses
+    a block border is masked to 0) added into per-column counters of column_proto's dtype (uint16 holds
+    2 * 255 * block for block <= 128), which are summed per block at the end of each block row.
+    """
     height, width, channels = frame.shape
     n_by = (height + block - 1) // block
     n_bx = (width + block - 1) // block
     flat = frame.reshape(height, width * channels)
-    cl = np.int32(min(clip, 255))
+    cl = np.uint8(min(clip, 255))
+    n_cols = width * channels
+    keep = np.full(n_cols, np.uint8(255))  # 0 where the pair (j, j + C) crosses into the next block
+    for j in range(n_cols):
+        if (j // channels) % block == block - 1:
+            keep[j] = 0
     for by in prange(n_by):
         y0 = by * block
         y1 = min(y0 + block, height)
+        column = np.zeros(n_cols, dtype=column_proto.dtype)
+        for y in range(y0, y1):
+            row = flat[y]
+            right = flat[y, channels:]  # the same channel one pixel right (a view from 0: vectorizes)
+            for j in range(n_cols - channels):
+                a = right[j]
+                b = row[j]
+                column[j] += min(np.uint8(max(a, b) - min(a, b)), cl) & keep[j]
+            if y + 1 < y1:
+                below = flat[y + 1]
+                for j in range(n_cols):
+                    a = below[j]
+                    b = row[j]
+                    column[j] += min(np.uint8(max(a, b) - min(a, b)), cl)
         for bx in range(n_bx):
-            j0 = bx * block * channels
-            j1 = min(bx * block + block, width) * channels
-            nj = j1 - j0
             acc = 0
-            for y in range(y0, y1):
-                row = flat[y, j0:j1]
-                right = flat[y, j0 + channels:j1]  # the same channel one pixel right (a view from 0: vectorizes)
-                part = np.int32(0)
-                for j in range(nj - channels):
-                    d = np.int32(right[j]) - np.int32(row[j])
-                    part += min(max(d, -d), cl)
-                if y + 1 < y1:
-                    below = flat[y + 1, j0:j1]
-                    for j in range(nj):
-                        d = np.int32(below[j]) - np.int32(row[j])
-                        part += min(max(d, -d), cl)
-                acc += part
+            for j in range(bx * block * channels, min((bx + 1) * block, width) * channels):
+                acc += column[j]
             k = by * n_bx + bx
             out[k] = acc + noise[k]
+
+
+def complexity_column_proto(block: int) -> np.ndarray:
+    """The counter dtype noisy_complexity needs: a column gathers at most 2 * 255 * block."""
+    return np.zeros(0, dtype=np.uint16 if 2 * 255 * block <= 0xFFFF else np.uint32)
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)

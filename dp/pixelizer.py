@@ -46,10 +46,11 @@ class CpuBackend:
 
     @staticmethod
     def noisy_complexity(frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
-        from dp.kernels_cpu import noisy_complexity
+        from dp.kernels_cpu import complexity_column_proto, noisy_complexity
 
         out = np.empty(n_blocks, dtype=np.int64)
-        noisy_complexity(frame, block, clip, _noise(n_blocks, key, DOMAIN_LAYOUT, tables), out)
+        noisy_complexity(frame, block, clip, _noise(n_blocks, key, DOMAIN_LAYOUT, tables),
+                         complexity_column_proto(block), out)
         return out
 
 

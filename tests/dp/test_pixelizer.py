@@ -87,9 +87,30 @@ def test_private_layout_score_moves_by_at_most_4_m_c_g(data):
     scores = []
     for frame in (x, x2):
         out = np.empty(n_blocks, dtype=np.int64)
-        kernels_cpu.noisy_complexity(frame, 16, spec.gradient_clip, np.zeros(n_blocks, dtype=np.int64), out)
+        kernels_cpu.noisy_complexity(frame, 16, spec.gradient_clip, np.zeros(n_blocks, dtype=np.int64),
+                                     kernels_cpu.complexity_column_proto(16), out)
         scores.append(out)
     assert np.abs(scores[1] - scores[0]).sum() <= spec.layout_sensitivity_l1
+
+
+@pytest.mark.parametrize(("shape", "block", "clip"), [((37, 53, 3), 16, 64), ((40, 70, 1), 32, 255),
+                                                     ((300, 260, 3), 256, 300), ((5, 3, 3), 2, 1)])
+def test_private_layout_score_is_the_clipped_neighbour_difference_sum(shape, block, clip, rng):
+    """The vectorized score (uint8 differences, per-column counters, masked block borders) equals the
+    definition of privacy.md section 3 computed block by block, with the uint32 counters for S > 128."""
+    frame = rng.integers(0, 256, shape, dtype=np.uint8)
+    frame[: shape[0] // 2] //= 8  # low-contrast rows: differences below the clip too
+    n_by, n_bx = -(-shape[0] // block), -(-shape[1] // block)
+    noise = rng.integers(-1000, 1000, n_by * n_bx)
+    out = np.empty(n_by * n_bx, dtype=np.int64)
+    kernels_cpu.noisy_complexity(frame, block, clip, noise, kernels_cpu.complexity_column_proto(block), out)
+    want = []
+    for by in range(n_by):
+        for bx in range(n_bx):
+            sub = frame[by * block:(by + 1) * block, bx * block:(bx + 1) * block].astype(np.int64)
+            want.append(np.minimum(np.abs(np.diff(sub, axis=0)), clip).sum()
+                        + np.minimum(np.abs(np.diff(sub, axis=1)), clip).sum())
+    assert out.tolist() == (np.array(want) + noise).tolist()
 
 
 # --- noise end to end ------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def _run_end(codes, by, bx):
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, guide, n_digits, out):
+def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, table, guide, n_digits, row_proto, out):
     """Noisy uint8 means of every cell of every macro-block (the pixel part of a release).
 
     Mean i gets sample i of the noise stream (key, DOMAIN_PIXELS), the same sample the CUDA backend adds.
@@ -264,7 +264,7 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
         last = offsets[by * n_bx + n_bx] if by + 1 < n_by else n_means
         noise = np.empty(last - first, dtype=np.int64)
         _noise_range(key, _PIXELS, first, last, zero_threshold, table, guide, n_digits, noise)
-        acc = np.empty(width * channels, dtype=np.int32)
+        acc = np.empty(width * channels, dtype=row_proto.dtype)
         y0 = by * block
         bh = min(block, height - y0)
         bx = 0

@@ -40,8 +40,10 @@ class CpuBackend:
         from dp.kernels_cpu import release_means
 
         out = np.empty(n_means, dtype=np.uint8)
+        # per-row counters of b rows: uint16 while 255 * b fits (twice the SIMD lanes of int32)
+        row_proto = np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
         release_means(frame, codes, sizes, block, offsets, key, tables.zero_threshold, tables.digits, tables.guide,
-                      tables.n_digits, out)
+                      tables.n_digits, row_proto, out)
         return out
 
     @staticmethod

@@ -159,9 +159,11 @@ def test_same_key_gives_same_release_and_frame_is_not_mutated(rng, key):
     assert np.array_equal(frame, before)
 
 
-def test_fixed_layout_equals_the_classical_dp_pix_baseline(rng, key):
-    frame = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    spec = spec_for("fixed")
+@pytest.mark.parametrize(("shape", "cell"), [((37, 53, 3), 5), ((600, 530, 1), 300), ((64, 64, 3), 16)])
+def test_fixed_layout_equals_the_classical_dp_pix_baseline(shape, cell, rng, key):
+    """Byte for byte, including cells above 257 px whose row sums need 32-bit counters."""
+    frame = rng.integers(0 if cell < 257 else 240, 256, shape, dtype=np.uint8)  # bright: 300 rows overflow 16 bits
+    spec = PixelizeSpec(eps_pix=1.0, m_pixels=1, channels=shape[2], cell_size=cell)
     assert np.array_equal(Pixelizer(spec, backend="cpu").release(frame, key=key).reconstruct(),
                           dp_pix(frame, spec, key=key))
 

@@ -91,7 +91,8 @@ class StreamsCameraRunner:
         self._worker = CameraWorker(
             camera.id, camera.source, camera.to_spec(), ledger=self.ledger, release_fps=camera.release_fps,
             sinks=sinks, stall_timeout_s=self._settings.stall_timeout_s,
-            channels=camera.channels, backend=self._settings.backend, on_health_change=self._health_changed)
+            channels=camera.channels, backend=self._settings.backend, on_health_change=self._health_changed,
+            tls_ca_file=self._settings.tls_ca_file)
         self._worker.start()
 
     def _stop_worker(self) -> None:

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("worker_metrics_port", "DPSTREAM_WORKER_METRICS_PORT"),
         description="Port of a standalone worker's /metrics (0: none).",
     )
+    tls_ca_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("tls_ca_file", "DPSTREAM_TLS_CA_FILE"),
+        description="PEM file of the CAs that rtsps:// cameras' certificates must chain to (default: system roots).",
+    )
     backend: str = Field(
         default="auto", pattern=r"^(auto|cpu|cuda)$",
         validation_alias=AliasChoices("backend", "DPSTREAM_BACKEND"),

@@ -15,13 +15,14 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
 gi.require_version("GstVideo", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstApp, GstRtspServer, GstVideo  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstApp, GstRtspServer, GstVideo  # noqa: E402
 
 from dp.errors import ConfigError, IngestError  # noqa: E402
 
 from .redact import redact_text  # noqa: E402
 
 __all__ = [
+    "Gio",
     "GLib",
     "Gst",
     "GstApp",

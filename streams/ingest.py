@@ -32,7 +32,7 @@ import numpy as np
 from dp.errors import ConfigError, IngestError
 
 from .frame import Frame
-from .gst import Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
+from .gst import Gio, GLib, Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
 from .redact import redact_text, url_secrets
 from .sources import TRANSPORTS, SourceSpec, decode_description, parse_source
 
@@ -54,7 +54,7 @@ class BusEvent:
     fatal: bool = False
 
 
-def _classify_error(err, debug: str | None, secrets: tuple[str, ...]) -> BusEvent:
+def _classify_error(err, debug: str | None, secrets: tuple[str, ...], tls: bool = False) -> BusEvent:
     message = err.message or "unknown GStreamer error"
     detail = ""
     if debug:
@@ -78,10 +78,24 @@ def _classify_error(err, debug: str | None, secrets: tuple[str, ...]) -> BusEven
     elif "Failed to connect" in detail:
         # GLib reports a refused TCP connection as "Generic error"; say what it means.
         detail, hint = "", "cannot connect (connection refused or host unreachable)"
+        if tls:  # rtspsrc reports a refused certificate the same way
+            hint = ("cannot connect or TLS handshake failed (connection refused, host unreachable, or a camera "
+                    "certificate that is not trusted: give its CA with tls_ca_file)")
     reason = message if not detail or detail in message else f"{message} ({detail})"
     if hint:
         reason = f"{hint}: {reason}"
     return BusEvent(kind="error", reason=redact_text(reason, *secrets), fatal=fatal)
+
+
+def _tls_database(ca_file: str | os.PathLike) -> Gio.TlsDatabase:
+    """The certificate authorities of ``ca_file`` (PEM) as the only roots an rtsps:// camera may chain to."""
+    path = os.fspath(ca_file)
+    if not os.path.isfile(path):
+        raise ConfigError(f"tls_ca_file {path!r} does not exist (give the PEM file of the camera's CA)")
+    try:
+        return Gio.TlsFileDatabase.new(path)
+    except GLib.Error as exc:
+        raise ConfigError(f"tls_ca_file {path!r}: {exc.message}") from None
 
 
 def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarray:
@@ -129,6 +143,8 @@ class FrameSource:
         tcp_timeout_s: RTSP connection timeout.
         tls_validate: for ``rtsps://``, validate the server certificate (``False`` accepts self-signed
             camera certificates: the stream is still encrypted, but the server is not authenticated).
+        tls_ca_file: for ``rtsps://``, a PEM file of the certificate authorities the camera's certificate
+            must chain to (cameras with a private CA); the system's roots otherwise.
     """
 
     def __init__(
@@ -144,6 +160,7 @@ class FrameSource:
         tcp_timeout_s: float = 10.0,
         max_buffers: int = 4,
         tls_validate: bool = True,
+        tls_ca_file: str | os.PathLike | None = None,
         thread_name: str = "dpstream-ingest",
     ) -> None:
         if channels not in (1, 3):
@@ -172,6 +189,8 @@ class FrameSource:
             src.set_property("timeout", int(min(tcp_timeout_s, 5.0) * 1_000_000))
             if not tls_validate:
                 src.set_property("tls-validation-flags", 0)
+            if tls_ca_file is not None:
+                src.set_property("tls-database", _tls_database(tls_ca_file))
         elif self.spec.kind == "file":
             src.set_property("location", self.spec.location)
         self.sink = self.pipeline.get_by_name("sink")
@@ -286,7 +305,7 @@ class FrameSource:
                 return None
             if msg.type == Gst.MessageType.ERROR:
                 err, debug = msg.parse_error()
-                return _classify_error(err, debug, self._secrets)
+                return _classify_error(err, debug, self._secrets, tls=self.spec.location.startswith("rtsps://"))
             if msg.type == Gst.MessageType.EOS:
                 return BusEvent(kind="eos", reason="end of stream")
             if msg.type == Gst.MessageType.WARNING:
@@ -317,6 +336,7 @@ def iter_frames(
     first_frame_timeout_s: float = 20.0,
     stall_timeout_s: float = 10.0,
     tls_validate: bool = True,
+    tls_ca_file: str | os.PathLike | None = None,
 ) -> Iterator[Frame]:
     """Yield decoded frames of ``uri`` until it ends, ``max_frames`` were yielded or ``duration_s`` passed.
 
@@ -336,7 +356,8 @@ def iter_frames(
     if duration_s is not None and duration_s <= 0:
         raise ConfigError(f"duration_s={duration_s!r} must be > 0")
     source = FrameSource(
-        uri, channels=channels, transport=transport, latency_ms=latency_ms, realtime=realtime
+        uri, channels=channels, transport=transport, latency_ms=latency_ms, realtime=realtime,
+        tls_validate=tls_validate, tls_ca_file=tls_ca_file,
     )
     if source.spec.kind == "test" and max_frames is None and duration_s is None:
         raise ConfigError(

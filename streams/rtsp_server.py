@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from dp.errors import ConfigError, IngestError
 
-from .gst import GLib, Gst, GstRtspServer, ensure_init
+from .gst import Gio, GLib, Gst, GstRtspServer, ensure_init
 from .restream import PrivateMount
 from .sources import TEST_PATTERNS, parse_source
 from .writer import EncoderSettings
@@ -85,8 +86,15 @@ class LocalRtspServer:
     """GstRtspServer on ``host`` (127.0.0.1) and ``port`` (0 = any free port), run on its own thread."""
 
     def __init__(
-        self, port: int = 0, host: str = "127.0.0.1", *, auth: tuple[str, str] | None = None
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        auth: tuple[str, str] | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
+        """``auth``: (user, password) for RTSP basic authentication. ``tls``: (certificate file, private
+        key file), both PEM: every connection is then RTSP over TLS and :meth:`url` gives ``rtsps://``."""
         ensure_init()
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"port={port!r} must be within 0..65535")
@@ -107,21 +115,37 @@ class LocalRtspServer:
         self._private: dict[str, PrivateMount] = {}
         self._stopped = False
         self.port = 0
-        if auth is not None:
-            self._install_auth(*auth)
+        self._tls = tls is not None
+        if auth is not None or tls is not None:
+            self._install_auth(auth, tls)
 
-    def _install_auth(self, user: str, password: str) -> None:
+    def _install_auth(self, basic: tuple[str, str] | None, tls: tuple[str, str] | None) -> None:
         auth = GstRtspServer.RTSPAuth.new()
-        token = GstRtspServer.RTSPToken()
-        token.set_string("media.factory.role", "user")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        if basic is not None:
+            token = GstRtspServer.RTSPToken()
+            token.set_string("media.factory.role", "user")
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(*basic), token)
+        else:  # TLS only: clients without credentials get the anonymous role, which may play
+            token = GstRtspServer.RTSPToken()
+            token.set_string("media.factory.role", "anonymous")
+            auth.set_default_token(token)
+        if tls is not None:
+            cert_file, key_file = (os.fspath(p) for p in tls)
+            for path in (cert_file, key_file):
+                if not os.path.isfile(path):
+                    raise ConfigError(f"tls file {path!r} does not exist (give PEM certificate and key files)")
+            try:
+                auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(cert_file, key_file))
+            except GLib.Error as exc:
+                raise ConfigError(f"tls certificate {cert_file!r} / key {key_file!r}: {exc.message}") from None
         self.server.set_auth(auth)
 
     def _secure(self, factory: GstRtspServer.RTSPMediaFactory) -> None:
-        if self._auth is not None:
+        if self._auth is not None or self._tls:
+            role = "user" if self._auth is not None else "anonymous"
             factory.add_role_from_structure(
                 Gst.Structure.new_from_string(
-                    "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+                    f"{role}, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
                 )
             )
 
@@ -186,9 +210,9 @@ class LocalRtspServer:
 
     # --- mounts ------------------------------------------------------------------------------------
     def url(self, mount: str, *, user: str | None = None, password: str | None = None) -> str:
-        """The ``rtsp://`` URL of ``mount`` (with credentials if given: never log it)."""
+        """The ``rtsp://`` (``rtsps://`` with TLS) URL of ``mount`` (with credentials if given: never log it)."""
         userinfo = f"{user}:{password}@" if user is not None else ""
-        return f"rtsp://{userinfo}{self.host}:{self.port}{mount}"
+        return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{self.host}:{self.port}{mount}"
 
     def _check_mount(self, mount: str) -> None:
         if not _MOUNT_RE.match(mount):

@@ -138,6 +138,7 @@ class CameraWorker:
         failed_retry_s: retry interval in FAILED for refused credentials, missing stream or codec errors.
         transport, latency_ms: RTSP transport (``"tcp"``/``"udp"``) and jitter-buffer latency.
         tls_validate: for ``rtsps://``, validate the camera's certificate (``False``: accept self-signed).
+        tls_ca_file: for ``rtsps://``, PEM file of the CA the camera's certificate must chain to.
         channels: 3 (RGB) or 1 (grey); must equal ``spec.channels``.
         backend: dp backend (``"auto"``, ``"cpu"``, ``"cuda"``).
         convert_threads: videoconvert threads per camera (1 suits many cameras per node).
@@ -167,6 +168,7 @@ class CameraWorker:
         transport: str = "tcp",
         latency_ms: int = 50,
         tls_validate: bool = True,
+        tls_ca_file: str | None = None,
         channels: int | None = None,
         backend: str = "auto",
         convert_threads: int = 1,
@@ -213,6 +215,7 @@ class CameraWorker:
         self._transport = transport
         self._latency_ms = latency_ms
         self._tls_validate = tls_validate
+        self._tls_ca_file = tls_ca_file
         self._channels = channels
         self._convert_threads = convert_threads
         if dp_threads < 0:
@@ -482,6 +485,7 @@ class CameraWorker:
                 convert_threads=self._convert_threads,
                 tcp_timeout_s=self._connect_timeout_s,
                 tls_validate=self._tls_validate,
+                tls_ca_file=self._tls_ca_file,
                 thread_name=f"dpstream-{self.camera_id}-ingest",
             )
         except DpstreamError as exc:

@@ -234,17 +234,84 @@ def _add_rows(flat, y_first, y_end, j0, j1, acc):
             view[j] += row[j]
 
 
-_MAX_RUN = 24  # blocks per run: the int32 accumulator of a run's row (<= 9 KiB at S=32, RGB) stays in L1
+_RUN_SAMPLES = 3072  # samples per run row at most: the run's row counters (6 or 12 KiB) stay in L1
 
 
 @numba.njit(inline="always")
-def _run_end(codes, by, bx):
-    """The first block after bx in row by whose layout code differs from block bx's (at most _MAX_RUN on)."""
-    n_bx = min(codes.shape[1], bx + _MAX_RUN)
+def _run_end(codes, by, bx, samples_per_block):
+    """The first block after bx in row by whose layout code differs from block bx's (or that would make
+    the run's rows longer than _RUN_SAMPLES)."""
+    n_bx = min(codes.shape[1], bx + max(1, _RUN_SAMPLES // samples_per_block))
     end = bx + 1
     while end < n_bx and codes[by, end] == codes[by, bx]:
         end += 1
     return end
+
+
+@numba.njit(inline="always")
+def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by, offsets, stride, first_channel,
+                     noise, first, acc, out):
+    """The means of one macro-block row of one image plane.
+
+    `flat` is the plane (height x width*channels, in the plane's own samples); the plane is the frame
+    subsampled by `sub` in both directions (1: full resolution, 2: 4:2:0 chroma), so its blocks and cells
+    are block/sub and size/sub samples wide. Channel c of the cell k of a block goes to
+    out[offsets[block] + k*stride + first_channel + c], with noise[that index - first].
+    """
+    n_bx = codes.shape[1]
+    blk = block // sub
+    y0 = by * blk
+    bh = min(blk, height - y0)
+    bx = 0
+    while bx < n_bx:
+        end = _run_end(codes, by, bx, blk * channels)
+        b = sizes[codes[by, bx]] // sub
+        j0 = bx * blk * channels
+        j1 = min(end * blk, width) * channels
+        ncy = (bh + b - 1) // b
+        for cy in range(ncy):
+            ya = y0 + cy * b
+            yb = min(ya + b, y0 + bh)
+            _add_rows(flat, ya, yb, j0, j1, acc)
+            for k in range(bx, end):
+                xk = k * blk
+                bw = min(blk, width - xk)
+                ncx = (bw + b - 1) // b
+                base = offsets[by * n_bx + k] + cy * ncx * stride + first_channel
+                for cx in range(ncx):
+                    xa = xk + cx * b
+                    xe = min(xa + b, xk + bw)
+                    n = (yb - ya) * (xe - xa)
+                    idx = base + cx * stride
+                    z = idx - first
+                    if channels == 3:
+                        s0 = 0
+                        s1 = 0
+                        s2 = 0
+                        for x in range(xa, xe):
+                            s0 += acc[3 * x]
+                            s1 += acc[3 * x + 1]
+                            s2 += acc[3 * x + 2]
+                        out[idx] = noisy_cell_mean(s0, noise[z], n)
+                        out[idx + 1] = noisy_cell_mean(s1, noise[z + 1], n)
+                        out[idx + 2] = noisy_cell_mean(s2, noise[z + 2], n)
+                    else:
+                        for c in range(channels):
+                            s = 0
+                            for x in range(xa, xe):
+                                s += acc[x * channels + c]
+                            out[idx + c] = noisy_cell_mean(s, noise[z + c], n)
+        bx = end
+
+
+@numba.njit(inline="always")
+def _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out):
+    """The noise samples of macro-block row by's means (a contiguous range of the stream) and its start."""
+    first = offsets[by * n_bx]
+    last = offsets[by * n_bx + n_bx] if (by + 1) * n_bx < offsets.size else out.size
+    noise = np.empty(last - first, dtype=np.int64)
+    _noise_range(key, _PIXELS, first, last, zero_threshold, table, guide, n_digits, noise)
+    return noise, first
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
@@ -258,55 +325,34 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
     height, width, channels = frame.shape
     n_by, n_bx = codes.shape
     flat = frame.reshape(height, width * channels)
-    n_means = out.size
     for by in prange(n_by):
-        first = offsets[by * n_bx]
-        last = offsets[by * n_bx + n_bx] if by + 1 < n_by else n_means
-        noise = np.empty(last - first, dtype=np.int64)
-        _noise_range(key, _PIXELS, first, last, zero_threshold, table, guide, n_digits, noise)
+        noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
         acc = np.empty(width * channels, dtype=row_proto.dtype)
-        y0 = by * block
-        bh = min(block, height - y0)
-        bx = 0
-        while bx < n_bx:
-            end = _run_end(codes, by, bx)
-            b = sizes[codes[by, bx]]
-            j0 = bx * block * channels
-            j1 = min(end * block, width) * channels
-            ncy = (bh + b - 1) // b
-            for cy in range(ncy):
-                ya = y0 + cy * b
-                yb = min(ya + b, y0 + bh)
-                _add_rows(flat, ya, yb, j0, j1, acc)
-                for k in range(bx, end):
-                    xk = k * block
-                    bw = min(block, width - xk)
-                    ncx = (bw + b - 1) // b
-                    base = offsets[by * n_bx + k] + cy * ncx * channels
-                    for cx in range(ncx):
-                        xa = xk + cx * b
-                        xe = min(xa + b, xk + bw)
-                        n = (yb - ya) * (xe - xa)
-                        idx = base + cx * channels
-                        z = idx - first
-                        if channels == 3:
-                            s0 = 0
-                            s1 = 0
-                            s2 = 0
-                            for x in range(xa, xe):
-                                s0 += acc[3 * x]
-                                s1 += acc[3 * x + 1]
-                                s2 += acc[3 * x + 2]
-                            out[idx] = noisy_cell_mean(s0, noise[z], n)
-                            out[idx + 1] = noisy_cell_mean(s1, noise[z + 1], n)
-                            out[idx + 2] = noisy_cell_mean(s2, noise[z + 2], n)
-                        else:
-                            for c in range(channels):
-                                s = 0
-                                for x in range(xa, xe):
-                                    s += acc[x * channels + c]
-                                out[idx + c] = noisy_cell_mean(s, noise[z + c], n)
-            bx = end
+        _plane_row_means(flat, channels, height, width, block, sizes, 1, codes, by, offsets, channels, 0,
+                         noise, first, acc, out)
+
+
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
+def release_means_i420(frame, height, width, codes, sizes, block, offsets, key, zero_threshold, table, guide,
+                       n_digits, row_proto, out):
+    """release_means for a planar YUV 4:2:0 frame, as the decoder delivers it: `frame` is the
+    (3H/2) x W I420 array (Y rows, then U and V at H/2 x W/2 each), H and W even, cell sizes even.
+
+    Each cell releases (Y, U, V): the mean of its b x b luma samples and of its b/2 x b/2 samples of each
+    chroma plane, with the same noise as an RGB cell (a changed pixel position moves one Y sum and the U
+    and V sums of its 2x2 block's cell, by at most 255 each: the sensitivity stays 255 * m * 3).
+    """
+    n_by, n_bx = codes.shape
+    hc = height // 2
+    wc = width // 2
+    luma = frame[:height]
+    chroma = frame[height:].reshape(2 * hc, wc)  # U rows, then V rows
+    for by in prange(n_by):
+        noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
+        acc = np.empty(width, dtype=row_proto.dtype)
+        _plane_row_means(luma, 1, height, width, block, sizes, 1, codes, by, offsets, 3, 0, noise, first, acc, out)
+        _plane_row_means(chroma[:hc], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 1, noise, first, acc, out)
+        _plane_row_means(chroma[hc:], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 2, noise, first, acc, out)
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -422,13 +468,14 @@ def i420_layout(height: int, width: int) -> tuple[int, int, int, int]:
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
-def reconstruct_i420(means, codes, sizes, block, offsets, height, width, out):
+def reconstruct_i420(means, codes, sizes, block, offsets, height, width, yuv_means, out):
     """The privatized RGB image written straight into an I420 buffer (see i420_layout), for encoders.
 
     Each cell's RGB mean is converted once to BT.601 limited-range YUV (integer rule); the frame is
     padded to even size by repeating its last row and column. Chroma sample (i, j) takes the colour of
     pixel (2i, 2j)'s cell, exact whenever cells have even sizes at even offsets (the default sizes).
     Row padding bytes are zeroed. Replaces reconstruct + an RGB->I420 conversion of every pixel.
+    With yuv_means the means already are (Y, U, V) per cell (a color="yuv420" release) and are copied.
     """
     n_by, n_bx = codes.shape
     he = height + height % 2
@@ -440,6 +487,11 @@ def reconstruct_i420(means, codes, sizes, block, offsets, height, width, out):
     ucell = np.empty(n_cells, dtype=np.uint8)
     vcell = np.empty(n_cells, dtype=np.uint8)
     for k in range(n_cells):
+        if yuv_means:
+            ycell[k] = means[3 * k]
+            ucell[k] = means[3 * k + 1]
+            vcell[k] = means[3 * k + 2]
+            continue
         r = np.int32(means[3 * k])
         g = np.int32(means[3 * k + 1])
         b = np.int32(means[3 * k + 2])
@@ -491,6 +543,18 @@ def reconstruct_i420(means, codes, sizes, block, offsets, height, width, out):
                     for j in range(sc):
                         urow[j] = tu[j]
                         vrow[j] = tv[j]
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def yuv_means_to_rgb(means, out):
+    """Per cell (Y, U, V) means, BT.601 limited range, to (R, G, B) (integer rule, clipped to 0..255)."""
+    for k in range(means.size // 3):
+        c = np.int32(means[3 * k]) - 16
+        d = np.int32(means[3 * k + 1]) - 128
+        e = np.int32(means[3 * k + 2]) - 128
+        out[3 * k] = min(max((298 * c + 409 * e + 128) >> 8, 0), 255)
+        out[3 * k + 1] = min(max((298 * c - 100 * d - 208 * e + 128) >> 8, 0), 255)
+        out[3 * k + 2] = min(max((298 * c + 516 * d + 128) >> 8, 0), 255)
 
 
 @numba.njit(cache=_CACHE, nogil=True)

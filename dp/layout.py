@@ -88,7 +88,7 @@ def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: Pix
     hb, wb = grid.block_dims()
     h = hb[:, None].astype(np.float64)
     w = wb[None, :].astype(np.float64)
-    pairs = spec.channels * (h * (w - 1) + w * (h - 1))
+    pairs = spec.score_channels * (h * (w - 1) + w * (h - 1))
     t_l = float(spec.layout_noise_scale)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = noisy_numerators.reshape(grid.shape) / pairs

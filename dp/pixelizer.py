@@ -47,6 +47,16 @@ class CpuBackend:
         return out
 
     @staticmethod
+    def release_means_i420(frame, height, width, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
+        from dp.kernels_cpu import release_means_i420
+
+        out = np.empty(n_means, dtype=np.uint8)
+        row_proto = np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
+        release_means_i420(frame, height, width, codes, sizes, block, offsets, key, tables.zero_threshold,
+                           tables.digits, tables.guide, tables.n_digits, row_proto, out)
+        return out
+
+    @staticmethod
     def noisy_complexity(frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
         from dp.kernels_cpu import complexity_column_proto, noisy_complexity
 
@@ -100,6 +110,8 @@ class Pixelizer:
     def __init__(self, spec: PixelizeSpec, backend: str = "auto") -> None:
         if not isinstance(spec, PixelizeSpec):
             raise ConfigError(f"spec must be a PixelizeSpec, got {type(spec).__name__}")
+        if spec.color == "yuv420" and backend == "auto":
+            backend = "cpu"  # planar YUV runs on the CPU kernels only
         self._backend = make_backend(backend)
         self._lock = threading.Lock()
         self._spec = spec
@@ -128,6 +140,8 @@ class Pixelizer:
             self._spec = spec
 
     def _check_backend_limits(self, spec: PixelizeSpec) -> None:
+        if self._backend.name == "cuda" and spec.color != "rgb":
+            raise ConfigError(f"color={spec.color!r} runs on the CPU backend only; use backend='cpu' or color='rgb'")
         if self._backend.name == "cuda":
             from dp.kernels_cuda import MAX_SHARED_SUMS
 
@@ -148,7 +162,8 @@ class Pixelizer:
         frame_index: int | None = None,
         timestamp_s: float | None = None,
     ) -> Release:
-        """Release one frame (HxWxC uint8, C == spec.channels; HxW allowed for grey). Never mutates it.
+        """Release one frame (HxWxC uint8, C == spec.channels; HxW allowed for grey; a (3H/2)xW I420 array for
+        color='yuv420'). Never mutates it.
 
         `key` (32 bytes) makes the noise deterministic: tests only. Production never passes it.
         """
@@ -156,6 +171,8 @@ class Pixelizer:
             spec = self._spec
             frame = self._checked(frame, spec)
             height, width = int(frame.shape[0]), int(frame.shape[1])
+            if spec.color == "yuv420":
+                height = height * 2 // 3
             if frame_index is None:
                 frame_index = self._next_index
             self._next_index = int(frame_index) + 1
@@ -167,8 +184,12 @@ class Pixelizer:
             offsets, n_means = grid.cell_offsets(codes, sizes, spec.channels)
             if n_means >= 1 << 32:
                 raise FrameError(f"a {height}x{width} frame at these cell sizes has {n_means} means; use larger cells")
-            means = self._backend.release_means(device_frame, codes, sizes, spec.block_size, offsets, n_means,
-                                                words, laplace_tables(spec.noise_scale))
+            if spec.color == "yuv420":
+                means = self._backend.release_means_i420(frame, height, width, codes, sizes, spec.block_size, offsets,
+                                                         n_means, words, laplace_tables(spec.noise_scale))
+            else:
+                means = self._backend.release_means(device_frame, codes, sizes, spec.block_size, offsets, n_means,
+                                                    words, laplace_tables(spec.noise_scale))
             rel = Release(
                 camera_id=str(camera_id),
                 frame_index=int(frame_index),
@@ -185,6 +206,7 @@ class Pixelizer:
                 layout=codes,
                 means=means,
                 _offsets=offsets,
+                color=spec.color,
             )
             if spec.layout == "previous":
                 self._previous = rel
@@ -197,13 +219,15 @@ class Pixelizer:
             return lay.map_codes(grid, spec)
         if spec.layout == "previous":
             prev = self._previous
-            if prev is None or (prev.height, prev.width, prev.channels, prev.block_size, prev.cell_sizes) != (
-                grid.height, grid.width, spec.channels, spec.block_size, spec.cell_sizes
-            ):
+            if prev is None or (prev.height, prev.width, prev.channels, prev.color, prev.block_size,
+                                prev.cell_sizes) != (grid.height, grid.width, spec.channels, spec.color,
+                                                     spec.block_size, spec.cell_sizes):
                 return lay.uniform_codes(grid, spec)
             return lay.choose_codes(self._g2_from_previous(prev), spec)
         # private: noisy complexity of this frame, paid for with eps_layout
         n_by, n_bx = grid.shape
+        if spec.color == "yuv420":  # the score reads luma: the first H rows of the I420 frame
+            frame = frame[: grid.height].reshape(grid.height, grid.width, 1)
         noisy = self._backend.noisy_complexity(frame, spec.block_size, spec.gradient_clip, n_by * n_bx,
                                                grid.shape, words, laplace_tables(spec.layout_noise_scale))
         return lay.choose_codes(lay.g2_from_noisy_complexity(noisy, grid, spec), spec)
@@ -214,9 +238,12 @@ class Pixelizer:
 
         # the noise of the previous release follows its own settings (they may have changed since)
         t = 255.0 * prev.m_pixels * prev.channels / prev.eps_pix
+        means, offsets, channels = prev.means, prev._offsets, prev.channels
+        if prev.color == "yuv420":  # luma contrast only: chroma means carry 16x the noise variance
+            means, offsets, channels = means[0::3].copy(), offsets // 3, 1
         block_means, block_var, within = release_block_stats(
-            prev.means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
-            prev._offsets, prev.height, prev.width, prev.channels, 2.0 * t * t,
+            means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
+            offsets, prev.height, prev.width, channels, 2.0 * t * t,
         )
         return lay.g2_from_release_stats(block_means, block_var, within, prev.block_size)
 
@@ -229,6 +256,16 @@ class Pixelizer:
             raise FrameError(f"frame must be a numpy array (HxWxC uint8), got {type(frame).__name__}")
         if frame.dtype != np.uint8:
             raise FrameError(f"frame dtype is {frame.dtype}; convert to uint8 (0..255) first")
+        if spec.color == "yuv420":
+            rows = frame.shape[0] if frame.ndim == 2 else 0
+            if frame.ndim != 2 or rows < 3 or rows % 3 or (rows * 2 // 3) % 2 or frame.shape[1] % 2 or frame.shape[1] < 2:
+                raise FrameError(
+                    f"frame has shape {frame.shape}; color='yuv420' takes an I420 frame of shape (3H/2, W) with "
+                    f"H and W even (Y rows, then U and V)"
+                )
+            if rows * 2 // 3 > MAX_SIDE or frame.shape[1] > MAX_SIDE:
+                raise FrameError(f"frame has shape {frame.shape}; sides above {MAX_SIDE} pixels are not supported")
+            return np.ascontiguousarray(frame)
         if frame.ndim == 2 and spec.channels == 1:
             frame = frame[:, :, None]
         if frame.ndim != 3:

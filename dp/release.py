@@ -8,6 +8,9 @@ Layout of `to_bytes()` (little-endian), version 1::
     row-major; 1: uniform, a single code for all) + codes
     | u32 n means + means (u8) | u32 CRC-32 of everything before it
 
+Version 2 (colour releases other than RGB) adds u8 colour (1: yuv420) right after eps_pix; RGB and grey
+releases are written as version 1, byte for byte as before.
+
 Everything in it is public or noisy: a release holds no raw pixel, sum, score or key.
 """
 
@@ -21,10 +24,10 @@ import numpy as np
 
 from dp.errors import ReleaseFormatError
 from dp.layout import Grid
-from dp.spec import LAYOUT_MODES, exact_epsilon
+from dp.spec import COLORS, LAYOUT_MODES, exact_epsilon
 
 MAGIC = b"DPSR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # version 1: the same without the colour byte (RGB or grey)
 _FIXED = struct.Struct("<QdIIBBH")
 _EPS = struct.Struct("<Idd")
 _RAW, _UNIFORM = 0, 1
@@ -53,6 +56,7 @@ class Release:
     layout: np.ndarray  # (n_by, n_bx) uint8 codes into cell_sizes
     means: np.ndarray  # (n_means,) uint8
     _offsets: np.ndarray = field(repr=False, compare=False)
+    color: str = "rgb"  # "yuv420": the means are (Y, U, V) per cell, BT.601 limited range
 
     @property
     def eps_spent(self) -> float:
@@ -85,6 +89,7 @@ class Release:
             "m_pixels": self.m_pixels,
             "eps_layout": self.eps_layout,
             "eps_pix": self.eps_pix,
+            "color": self.color,
         }
 
     def summary(self) -> dict:
@@ -99,16 +104,22 @@ class Release:
         }
 
     def reconstruct(self) -> np.ndarray:
-        """The privatized image: every cell filled with its released mean (HxWxC uint8)."""
+        """The privatized image: every cell filled with its released mean (HxWxC uint8; RGB for yuv420)."""
         from dp.kernels_cpu import reconstruct
 
+        means = self.means
+        if self.color == "yuv420":
+            from dp.kernels_cpu import yuv_means_to_rgb
+
+            means = np.empty_like(self.means)
+            yuv_means_to_rgb(self.means, means)
         out = np.empty((self.height, self.width, self.channels), dtype=np.uint8)
-        reconstruct(self.means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
+        reconstruct(means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
                     self._offsets, out)
         return out
 
     def reconstruct_i420(self) -> np.ndarray:
-        """The privatized image as one I420 buffer for a video encoder (RGB releases only).
+        """The privatized image as one I420 buffer for a video encoder (colour releases).
 
         Planar Y, U, V in BT.601 limited range at even size (the last row and column repeated), rows
         padded to multiples of 4 bytes: the layout `dp.kernels_cpu.i420_layout` gives and GStreamer
@@ -117,25 +128,27 @@ class Release:
         from dp.kernels_cpu import i420_layout, reconstruct_i420
 
         if self.channels != 3:
-            raise ReleaseFormatError(f"reconstruct_i420 needs an RGB release; this one has {self.channels} channel")
+            raise ReleaseFormatError(f"reconstruct_i420 needs an RGB or YUV release; this one has {self.channels} channel")
         he, _we, sy, sc = i420_layout(self.height, self.width)
         out = np.empty(sy * he + 2 * sc * (he // 2), dtype=np.uint8)
         reconstruct_i420(self.means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
-                         self._offsets, self.height, self.width, out)
+                         self._offsets, self.height, self.width, self.color == "yuv420", out)
         return out
 
     # --- bytes -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         cam = self.camera_id.encode("utf-8")
         mode = LAYOUT_MODES.index(self.layout_mode)
+        color = COLORS.index(self.color)
         parts = [
             MAGIC,
-            struct.pack("<BH", FORMAT_VERSION, len(cam)),
+            struct.pack("<BH", 2 if color else 1, len(cam)),  # RGB and grey releases stay version 1
             cam,
             _FIXED.pack(self.frame_index, self.timestamp_s, self.height, self.width, self.channels, mode,
                         self.block_size),
             struct.pack(f"<B{len(self.cell_sizes)}H", len(self.cell_sizes), *self.cell_sizes),
             _EPS.pack(self.m_pixels, self.eps_layout, self.eps_pix),
+            struct.pack("<B", color) if color else b"",
             struct.pack("<I", self.layout.size),
             self._codes_bytes(),
             struct.pack("<I", self.means.size),
@@ -171,8 +184,8 @@ class Release:
     @classmethod
     def _parse(cls, body: bytes) -> Release:
         version, cam_len = struct.unpack_from("<BH", body, 4)
-        if version != FORMAT_VERSION:
-            raise ReleaseFormatError(f"release format version {version} is not supported (this is {FORMAT_VERSION})")
+        if version not in (1, FORMAT_VERSION):
+            raise ReleaseFormatError(f"release format version {version} is not supported (this reads 1 and {FORMAT_VERSION})")
         pos = 7
         camera_id = body[pos:pos + cam_len].decode("utf-8")
         pos += cam_len
@@ -183,6 +196,12 @@ class Release:
         pos += 1 + 2 * n_sizes
         m_pixels, eps_layout, eps_pix = _EPS.unpack_from(body, pos)
         pos += _EPS.size
+        color = 0
+        if version == 2:
+            color = body[pos]
+            pos += 1
+            if color >= len(COLORS) or channels != 3:
+                raise ReleaseFormatError("release header holds an impossible colour")
         if channels not in (1, 3) or mode >= len(LAYOUT_MODES) or not sizes or block < 1 or height < 1 or width < 1:
             raise ReleaseFormatError("release header holds impossible values")
         grid = Grid(height, width, block)
@@ -211,4 +230,4 @@ class Release:
         means = np.frombuffer(body, dtype=np.uint8, count=n_means, offset=pos).copy()
         return cls(camera_id, int(frame_index), float(ts), int(height), int(width), int(channels),
                    LAYOUT_MODES[mode], int(block), tuple(int(s) for s in sizes), int(m_pixels),
-                   float(eps_layout), float(eps_pix), layout, means, offsets)
+                   float(eps_layout), float(eps_pix), layout, means, offsets, COLORS[color])

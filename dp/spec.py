@@ -20,6 +20,7 @@ from dp.errors import ConfigError
 
 LayoutMode = Literal["fixed", "map", "previous", "private"]
 LAYOUT_MODES: tuple[str, ...] = ("fixed", "map", "previous", "private")
+COLORS: tuple[str, ...] = ("rgb", "yuv420")
 DEFAULT_CELL_SIZES: tuple[int, ...] = (4, 8, 16, 32)
 
 
@@ -72,11 +73,18 @@ class PixelizeSpec:
     shape `(ceil(H / block_size), ceil(W / block_size))`. In `fixed` mode the macro-block *is* the cell
     (`block_size` becomes `cell_size`), so any cell size works and cells are stored in raster order.
     `gradient_clip` (G) and `detail_gain` are public constants of the adaptive rule (privacy.md §3).
+
+    `color="yuv420"` releases frames in the decoder's planar YUV 4:2:0 (I420) as they are, with no RGB
+    conversion: each cell gives the means of its Y, U and V samples. One changed pixel position moves one
+    Y sample and the U and V samples of its 2x2 block, so the sensitivity is 255 * m * 3 as for RGB. It
+    needs channels=3 and even cell sizes (a cell then holds whole 2x2 chroma blocks); the private layout
+    scores luma only.
     """
 
     eps_pix: float
     m_pixels: int = 16
     channels: int = 3
+    color: str = "rgb"
     layout: LayoutMode = "fixed"
     cell_size: int = 16
     cell_sizes: tuple[int, ...] = DEFAULT_CELL_SIZES
@@ -94,6 +102,10 @@ class PixelizeSpec:
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"channels={self.channels!r} must be 1 (grey) or 3 (RGB)")
         set_(self, "channels", int(self.channels))
+        if self.color not in COLORS:
+            raise ConfigError(f"color={self.color!r} is unknown; use one of {', '.join(COLORS)}")
+        if self.color == "yuv420" and self.channels != 3:
+            raise ConfigError("color='yuv420' releases Y, U and V: it needs channels=3")
         if self.layout not in LAYOUT_MODES:
             raise ConfigError(f"layout={self.layout!r} is unknown; use one of {', '.join(LAYOUT_MODES)}")
         set_(self, "eps_layout", _check_eps("eps_layout", self.eps_layout, allow_zero=True))
@@ -137,6 +149,10 @@ class PixelizeSpec:
                 raise ConfigError(
                     f"cell_size={self.cell_size} (the starting layout) must be one of cell_sizes={sizes}"
                 )
+        if self.color == "yuv420" and any(size % 2 for size in self.cell_sizes):
+            raise ConfigError(
+                f"color='yuv420' needs even cell sizes (whole 2x2 chroma blocks per cell); got {self.cell_sizes}"
+            )
         if self.layout == "map":
             if self.layout_map is None:
                 raise ConfigError("layout='map' needs layout_map: one cell size per macro-block")
@@ -158,7 +174,8 @@ class PixelizeSpec:
     # --- the privacy map -------------------------------------------------------------------------
     @property
     def sensitivity_l1(self) -> int:
-        # one changed pixel position moves one cell's C sums by <= 255 each, whatever the layout
+        # one changed pixel position moves one cell's C sums by <= 255 each, whatever the layout (yuv420: its
+        # Y sample and its 2x2 block's U and V samples, all in one cell since cells have even sizes)
         return 255 * self.m_pixels * self.channels
 
     @cached_property
@@ -167,9 +184,14 @@ class PixelizeSpec:
         return _decimal(Fraction(self.sensitivity_l1) / exact_epsilon(self.eps_pix))
 
     @property
+    def score_channels(self) -> int:
+        """Channels the private layout's detail score reads: luma only for yuv420."""
+        return 1 if self.color == "yuv420" else self.channels
+
+    @property
     def layout_sensitivity_l1(self) -> int:
-        # a pixel sits in at most 4 adjacent pairs, each over C channels, each term clipped at G
-        return 4 * self.m_pixels * self.channels * self.gradient_clip
+        # a pixel sits in at most 4 adjacent pairs, each over the scored channels, each term clipped at G
+        return 4 * self.m_pixels * self.score_channels * self.gradient_clip
 
     @cached_property
     def layout_noise_scale(self) -> Decimal:

@@ -12,7 +12,9 @@ _LUMA_WEIGHTS = np.array([77, 150, 29], dtype=np.uint32)
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """A decoded frame: ``array`` is HxWxC uint8 (C=3 RGB or C=1 grey), read-only, C-contiguous.
+    """A decoded frame: ``array`` is HxWxC uint8 (C=3 RGB or C=1 grey), read-only, C-contiguous; with
+    ``pixel_format="i420"`` it is the decoder's planar YUV 4:2:0 as one (3H/2) x W array (Y rows, then U and
+    V, each H/2 x W/2), for ``dp.PixelizeSpec(color="yuv420")``.
 
     ``index`` counts frames from 0 in delivery order. ``timestamp_s`` is the capture time: Unix epoch
     seconds for live sources (RTSP, live test patterns, anything run by :class:`streams.worker.CameraWorker`),
@@ -24,10 +26,12 @@ class Frame:
     timestamp_s: float
     array: np.ndarray
     pts_s: float = 0.0
+    pixel_format: str = "rgb"  # "rgb" (HxWx3), "gray" (HxWx1) or "i420" ((3H/2) x W)
 
     @property
     def height(self) -> int:
-        return int(self.array.shape[0])
+        rows = int(self.array.shape[0])
+        return rows * 2 // 3 if self.pixel_format == "i420" else rows
 
     @property
     def width(self) -> int:
@@ -35,7 +39,7 @@ class Frame:
 
     @property
     def channels(self) -> int:
-        return int(self.array.shape[2])
+        return 3 if self.pixel_format == "i420" else int(self.array.shape[2])
 
     def gray(self) -> np.ndarray:
         """The frame as HxWx1 uint8 luma (BT.601, integer rounding); returns ``array`` itself if already grey.
@@ -43,6 +47,8 @@ class Frame:
         Asking :func:`streams.iter_frames` for ``channels=1`` is cheaper: GStreamer then delivers the decoder's
         Y plane directly, in the stream's own range (video range 16..235 for most H.264), not full range.
         """
+        if self.pixel_format == "i420":
+            return self.array[: self.height, :, None]
         if self.channels == 1:
             return self.array
         luma = (self.array.astype(np.uint32) @ _LUMA_WEIGHTS + 128) >> 8

@@ -98,6 +98,47 @@ def _tls_database(ca_file: str | os.PathLike) -> Gio.TlsDatabase:
         raise ConfigError(f"tls_ca_file {path!r}: {exc.message}") from None
 
 
+def _mapped_bytes(buf: Gst.Buffer) -> bytes:
+    # one copy out of GStreamer's memory into read-only bytes; map().data copies at memcpy speed, while
+    # extract_dup goes through PyGObject's per-element array marshalling (4.7 ms against 0.1 ms at 1080p)
+    ok, info = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise IngestError("could not map a decoded frame's memory")
+    try:
+        return info.data
+    finally:
+        buf.unmap(info)
+
+
+def _i420_to_array(buf: Gst.Buffer, caps: Gst.Caps) -> np.ndarray:
+    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (zero-copy when GStreamer's are)."""
+    structure = caps.get_structure(0)
+    width = structure.get_value("width")
+    height = structure.get_value("height")
+    if width % 2 or height % 2:
+        raise IngestError(f"a {width}x{height} stream cannot be read as I420 here (odd size); use RGB frames")
+    meta = GstVideo.buffer_get_video_meta(buf)
+    if meta is not None:
+        strides = [int(meta.stride[i]) for i in range(3)]
+        offsets = [int(meta.offset[i]) for i in range(3)]
+    else:  # GStreamer's default I420 packing: rows aligned to 4 bytes
+        sy, sc = (width + 3) & ~3, (width // 2 + 3) & ~3
+        strides, offsets = [sy, sc, sc], [0, sy * height, sy * height + sc * (height // 2)]
+    flat = np.frombuffer(_mapped_bytes(buf), dtype=np.uint8)
+    hc, wc = height // 2, width // 2
+    if strides == [width, wc, wc] and offsets == [0, width * height, width * height + wc * hc]:
+        return flat[: width * height * 3 // 2].reshape(height * 3 // 2, width)
+    out = np.empty(width * height * 3 // 2, dtype=np.uint8)
+    pos = 0
+    for (rows, cols), stride, offset in zip(((height, width), (hc, wc), (hc, wc)), strides, offsets, strict=True):
+        plane = np.lib.stride_tricks.as_strided(flat[offset:], shape=(rows, cols), strides=(stride, 1))
+        out[pos: pos + rows * cols] = plane.ravel()
+        pos += rows * cols
+    out = out.reshape(height * 3 // 2, width)
+    out.flags.writeable = False
+    return out
+
+
 def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarray:
     structure = caps.get_structure(0)
     width = structure.get_value("width")
@@ -108,16 +149,7 @@ def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarr
     else:
         # GStreamer's default packing: rows aligned to 4 bytes.
         stride, offset = (width * channels + 3) & ~3, 0
-    # one copy out of GStreamer's memory into read-only bytes; map().data copies at memcpy speed, while
-    # extract_dup goes through PyGObject's per-element array marshalling (4.7 ms against 0.1 ms at 1080p)
-    ok, info = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise IngestError("could not map a decoded frame's memory")
-    try:
-        data = info.data
-    finally:
-        buf.unmap(info)
-    flat = np.frombuffer(data, dtype=np.uint8)
+    flat = np.frombuffer(_mapped_bytes(buf), dtype=np.uint8)
     row_bytes = width * channels
     if stride == row_bytes and offset == 0:
         return flat[: height * row_bytes].reshape(height, width, channels)
@@ -133,6 +165,9 @@ class FrameSource:
     Args:
         uri: ``rtsp://``/``rtsps://`` URL, video file path or ``test:<pattern>[?width=&height=&fps=&live=]``.
         channels: 3 for RGB, 1 for grey (GStreamer delivers luma directly, no RGB round trip).
+        pixel_format: ``"rgb"`` (HxWxC frames, the default) or ``"i420"``: the decoder's planar YUV 4:2:0
+            as it is, a (3H/2) x W frame for ``dp.PixelizeSpec(color="yuv420")`` (no colour conversion at
+            all; channels must be 3; even frame sizes).
         transport: ``"tcp"`` or ``"udp"`` for RTSP.
         latency_ms: RTSP jitter-buffer latency.
         realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
@@ -152,6 +187,7 @@ class FrameSource:
         uri: str | os.PathLike,
         *,
         channels: int = 3,
+        pixel_format: str = "rgb",
         transport: str = "tcp",
         latency_ms: int = 100,
         realtime: bool = False,
@@ -165,6 +201,8 @@ class FrameSource:
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
+        if pixel_format not in ("rgb", "i420") or (pixel_format == "i420" and channels != 3):
+            raise ConfigError(f"pixel_format={pixel_format!r}: use 'rgb', or 'i420' with channels=3")
         if transport not in TRANSPORTS:
             raise ConfigError(f"transport={transport!r}: use 'tcp' or 'udp'")
         if latency_ms < 0:
@@ -172,12 +210,13 @@ class FrameSource:
         ensure_init()
         self.spec: SourceSpec = parse_source(uri)
         self.channels = channels
+        self.pixel_format = pixel_format
         self._secrets = url_secrets(uri) if self.spec.kind == "rtsp" else ()
         self._on_frame = on_frame
         self._wall_clock = self.spec.is_live or realtime
         threads = convert_threads or (os.cpu_count() or 1)
         self.pipeline = parse_pipeline(
-            decode_description(self.spec, channels=channels, convert_threads=threads)
+            decode_description(self.spec, channels=channels, convert_threads=threads, i420=pixel_format == "i420")
         )
         src = self.pipeline.get_by_name("src")
         if self.spec.kind == "rtsp":
@@ -237,13 +276,17 @@ class FrameSource:
     def _sample_to_frame(self, sample: Gst.Sample) -> Frame:
         buf = sample.get_buffer()
         caps = sample.get_caps()
-        array = _buffer_to_array(buf, caps, self.channels)
-        self.last_caps = (array.shape[1], array.shape[0])
+        if self.pixel_format == "i420":
+            array, fmt = _i420_to_array(buf, caps), "i420"
+        else:
+            array, fmt = _buffer_to_array(buf, caps, self.channels), "rgb" if self.channels == 3 else "gray"
         pts_s = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else 0.0
         timestamp_s = self._capture_time_s(sample, buf) if self._wall_clock else pts_s
         index = self._index
         self._index += 1
-        return Frame(index=index, timestamp_s=timestamp_s, array=array, pts_s=pts_s)
+        frame = Frame(index=index, timestamp_s=timestamp_s, array=array, pts_s=pts_s, pixel_format=fmt)
+        self.last_caps = (frame.width, frame.height)
+        return frame
 
     def _capture_time_s(self, sample: Gst.Sample, buf: Gst.Buffer) -> float:
         """Wall-clock time at which the buffer was captured, from its running time on the pipeline clock."""
@@ -330,6 +373,7 @@ def iter_frames(
     max_frames: int | None = None,
     duration_s: float | None = None,
     channels: int = 3,
+    pixel_format: str = "rgb",
     transport: str = "tcp",
     latency_ms: int = 100,
     realtime: bool = False,
@@ -346,7 +390,8 @@ def iter_frames(
     ``duration_s`` counts media time for files and test patterns and wall time for live sources. A test
     pattern never ends on its own: give ``max_frames`` or ``duration_s``.
 
-    Every frame is an HxWx3 RGB (or HxWx1 grey with ``channels=1``) read-only uint8 array. Raises
+    Every frame is an HxWx3 RGB (or HxWx1 grey with ``channels=1``, or the (3H/2) x W planar YUV 4:2:0 of
+    the decoder with ``pixel_format="i420"``) read-only uint8 array. Raises
     :class:`dp.ConfigError` for a malformed URI and :class:`dp.IngestError` when the source cannot be opened,
     fails while decoding, or delivers nothing for ``stall_timeout_s`` (``first_frame_timeout_s`` for the
     first frame). The pipeline is back in NULL when the generator is exhausted or closed.
@@ -356,8 +401,8 @@ def iter_frames(
     if duration_s is not None and duration_s <= 0:
         raise ConfigError(f"duration_s={duration_s!r} must be > 0")
     source = FrameSource(
-        uri, channels=channels, transport=transport, latency_ms=latency_ms, realtime=realtime,
-        tls_validate=tls_validate, tls_ca_file=tls_ca_file,
+        uri, channels=channels, pixel_format=pixel_format, transport=transport, latency_ms=latency_ms,
+        realtime=realtime, tls_validate=tls_validate, tls_ca_file=tls_ca_file,
     )
     if source.spec.kind == "test" and max_frames is None and duration_s is None:
         raise ConfigError(

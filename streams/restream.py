@@ -1,4 +1,4 @@
-"""Privatized video out: a release sink that serves ``Release.reconstruct()`` frames as H.264 over RTSP.
+"""Privatized video out: a release sink that serves the releases' reconstructions as H.264 over RTSP.
 
 :class:`PrivateMount` is a plain ``Callable[[dp.Release], None]``: give it to
 :class:`streams.worker.CameraWorker` as one of its sinks. It accepts nothing but :class:`dp.Release`
@@ -147,12 +147,17 @@ class PrivateMount:
             release = self._latest
         if release is None:
             return None
-        frame = _even_padded(release.reconstruct())
-        h, w, c = frame.shape
-        caps = Gst.Caps.from_string(
-            f"video/x-raw,format={'RGB' if c == 3 else 'GRAY8'},width={w},height={h},framerate=0/1"
-        )
-        packed = (_packed_bytes(frame), caps)
+        if release.channels == 3:  # colour: straight to I420, which the encoder takes unconverted
+            he, we = release.height + release.height % 2, release.width + release.width % 2
+            caps = Gst.Caps.from_string(
+                f"video/x-raw,format=I420,width={we},height={he},framerate=0/1,colorimetry=bt601"
+            )
+            packed = (release.reconstruct_i420().tobytes(), caps)
+        else:
+            frame = _even_padded(release.reconstruct())
+            h, w, _ = frame.shape
+            caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate=0/1")
+            packed = (_packed_bytes(frame), caps)
         with self._lock:
             if self._latest is release:
                 self._latest_frame = packed

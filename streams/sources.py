@@ -127,13 +127,14 @@ def _parse_file(path: str, uri: str) -> SourceSpec:
     return SourceSpec(kind="file", location=os.path.abspath(path), display=redact_url(uri))
 
 
-def decode_description(spec: SourceSpec, *, channels: int, convert_threads: int) -> str:
+def decode_description(spec: SourceSpec, *, channels: int, convert_threads: int, i420: bool = False) -> str:
     """The gst-launch description from source to ``appsink name=sink`` (the source is named ``src``).
 
     Locations are *not* in the description: the caller sets them as properties, so no URL is ever parsed
     (or quoted in a parse error) by GStreamer.
     """
-    fmt = "RGB" if channels == 3 else "GRAY8"
+    # I420: what H.264 decoders output, so videoconvert passes the buffers through untouched
+    fmt = "I420" if i420 else "RGB" if channels == 3 else "GRAY8"
     tail = (
         f"videoconvert name=convert n-threads={convert_threads} ! video/x-raw,format={fmt} ! "
         "appsink name=sink"

@@ -217,6 +217,7 @@ class CameraWorker:
         self._tls_validate = tls_validate
         self._tls_ca_file = tls_ca_file
         self._channels = channels
+        self._color = spec.color  # yuv420: the pipeline delivers the decoder's I420 frames as they are
         self._convert_threads = convert_threads
         if dp_threads < 0:
             raise ConfigError(
@@ -364,10 +365,10 @@ class CameraWorker:
         if spec is not None:
             if not isinstance(spec, PixelizeSpec):
                 raise ConfigError(f"camera {self.camera_id!r}: spec must be a dp.PixelizeSpec")
-            if spec.channels != self._channels:
+            if spec.channels != self._channels or spec.color != self._color:
                 raise ConfigError(
-                    f"camera {self.camera_id!r}: spec.channels={spec.channels} differs from the pipeline's "
-                    f"{self._channels}; create a new worker to change channels"
+                    f"camera {self.camera_id!r}: spec channels={spec.channels}, color={spec.color!r} differ from "
+                    f"the pipeline's ({self._channels}, {self._color!r}); create a new worker to change them"
                 )
             changes["spec"] = spec
         if release_fps is not None:
@@ -478,6 +479,7 @@ class CameraWorker:
             source = FrameSource(
                 self._uri,
                 channels=self._channels,
+                pixel_format="i420" if self._color == "yuv420" else "rgb",
                 transport=self._transport,
                 latency_ms=self._latency_ms,
                 realtime=self._realtime,
@@ -576,8 +578,9 @@ class CameraWorker:
         own Pixelizer state (the previous release, for layout='previous') is untouched.
         """
         try:
-            spec = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16)
-            scratch = np.zeros((32, 32, self._channels), dtype=np.uint8)
+            spec = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)
+            shape = (48, 32) if self._color == "yuv420" else (32, 32, self._channels)
+            scratch = np.zeros(shape, dtype=np.uint8)
             scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
             Pixelizer(spec, backend=self._pixelizer.backend).release(scratch)
         except Exception:

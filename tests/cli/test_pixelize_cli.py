@@ -63,6 +63,25 @@ def test_video_is_privatized_frame_by_frame_with_every_release_stored(tmp_path, 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "last.png")), releases[-1].reconstruct())
 
 
+def test_yuv_video_is_released_from_the_decoders_planes(tmp_path, clip):
+    """--yuv: I420 in, YUV releases stored, and the encoded video shows the releases' colours."""
+    out, stats = tmp_path / "out.mp4", tmp_path / "y.dps"
+    run("pixelize", clip, str(out), "--yuv", "--layout", "fixed", "--cell-size", "8", "--eps-pix", "500",
+        "--m-pixels", "1", "--stats", str(stats))
+    releases = list(read_releases(stats))
+    assert len(releases) == 12 and all(r.color == "yuv420" for r in releases)
+    from streams.files import iter_frames
+
+    frames = list(iter_frames(str(out)))
+    assert len(frames) == 12
+    diff = np.abs(frames[-1].array.astype(int) - releases[-1].reconstruct().astype(int))
+    assert np.median(diff) <= 6  # H.264 at quantizer 23 and the colour matrix round trip, nothing more
+    assert "--gray" in run("pixelize", clip, str(out), "--yuv", "--gray", check=False).stderr
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    assert "video and RTSP" in run("pixelize", str(img), str(tmp_path / "o.png"), "--yuv", check=False).stderr
+
+
 def test_budget_window_repeats_releases_instead_of_overspending(tmp_path, clip):
     # 10 fps clip, eps 1 per frame, at most 3 per 1 s window: 3 fresh releases in the first second
     stats = tmp_path / "v.dps"

@@ -83,6 +83,25 @@ def test_happy_path_from_rtsp_server_into_releases(rtsp_server, workers):
     assert stats.latency_p99_s is not None and stats.latency_p99_s < 1.0
 
 
+def test_yuv420_camera_releases_the_decoders_i420_frames(rtsp_server, workers):
+    """color='yuv420': the pipeline hands over I420 untouched and releases carry Y, U, V means of the
+    scene (a white ball on black: luma spans dark to bright, chroma stays near neutral 128)."""
+    rtsp_server.serve_test_pattern("/cam", width=320, height=240, fps=30)
+    sink = Collect()
+    spec = PixelizeSpec(eps_pix=1000.0, m_pixels=1, cell_size=16, color="yuv420")
+    worker = make_worker(rtsp_server.url("/cam"), [sink], spec=spec)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: len(sink) >= 5, 15)
+    rel = sink.snapshot()[-1]
+    assert rel.color == "yuv420" and (rel.height, rel.width) == (240, 320)
+    luma, u, v = rel.means[0::3].astype(int), rel.means[1::3].astype(int), rel.means[2::3].astype(int)
+    assert luma.min() < 40 and luma.max() > 100
+    assert abs(np.median(u) - 128) < 10 and abs(np.median(v) - 128) < 10
+    with pytest.raises(ConfigError, match="color"):
+        worker.update_config(spec=PixelizeSpec(eps_pix=1.0, cell_size=16))  # RGB needs another pipeline
+
+
 def test_server_killed_and_restarted_streams_again_within_five_seconds(server_process, workers):
     port = free_port()
     server = server_process(port, "--mount", "/cam", "--width", "160", "--height", "120")

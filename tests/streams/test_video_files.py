@@ -25,6 +25,20 @@ def test_file_yields_every_frame_as_read_only_rgb(clip):
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] == pytest.approx(29 / 30, abs=1e-3)
 
 
+def test_i420_frames_are_the_decoders_planes_as_they_are(clip):
+    """pixel_format='i420': (3H/2) x W read-only frames; their luma is what a grey pipeline delivers."""
+    yuv = list(iter_frames(clip, max_frames=3, pixel_format="i420"))
+    grey = list(iter_frames(clip, max_frames=3, channels=1))
+    for f, g in zip(yuv, grey, strict=True):
+        assert f.array.shape == (360, 320) and not f.array.flags.writeable
+        assert (f.height, f.width, f.channels, f.pixel_format) == (240, 320, 3, "i420")
+        assert np.array_equal(f.gray(), g.array)
+    odd = list(iter_frames("test:ball?width=162&height=122", max_frames=1, pixel_format="i420"))[0]
+    assert odd.array.shape == (183, 162)  # chroma rows padded to 4 bytes by GStreamer, packed here
+    with pytest.raises(ConfigError, match="i420"):
+        list(iter_frames(clip, max_frames=1, channels=1, pixel_format="i420"))
+
+
 def test_max_frames_and_duration_stop_early(clip):
     assert len(list(iter_frames(clip, max_frames=7))) == 7
     assert list(iter_frames(clip, max_frames=0)) == []

@@ -15,6 +15,8 @@ Part 1, throughput, on one H.264 clip per resolution (the same file for every ro
   bounded buffer: the Redis payload without the network) and the re-stream sink (a
   :class:`streams.restream.PrivateMount`, no viewer: releases are kept, nothing is encoded)
 * ``full+viewer`` : the same with one RTSP viewer on the private mount (reconstruct + x264 per frame)
+* ``full yuv`` (and ``+ viewer``): the same with ``color="yuv420"``: the decoder's I420 frames are released
+  as they are, with no colour conversion anywhere; compared with ``decode``
 
 Part 2, capacity: a server process serves the clip over RTSP (no re-encoding); N workers ingest it as N
 cameras in real time (30 fps), each releasing every frame with the same sinks as ``full``. N grows until
@@ -54,6 +56,7 @@ from streams.worker import CameraWorker, HealthState  # noqa: E402
 OUT = REPO / "bench" / "out"
 RESOLUTIONS = {"720p": (1280, 720, 2500), "1080p": (1920, 1080, 5000)}
 SPEC = PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="fixed", cell_size=16)
+SPEC_YUV = SPEC.replace(color="yuv420")  # the decoder's I420 as it is: no colour conversion at all
 
 
 def clip_for(name: str, frames: int) -> Path:
@@ -101,7 +104,7 @@ class StoreCallback:
         self.buffer.append(release.to_bytes())
 
 
-def run_full_path(clip: Path, frames: int, *, viewer: bool) -> dict:
+def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:
     with LocalRtspServer(port=0) as server:
         private = server.serve_private("bench", encoder=EncoderSettings(key_int_max=30))
         viewer_proc = None
@@ -114,7 +117,7 @@ def run_full_path(clip: Path, frames: int, *, viewer: bool) -> dict:
             )  # fmt: skip
         store = StoreCallback()
         worker = CameraWorker(
-            "bench", str(clip), SPEC, ledger=Ledger(eps_window=1e4, window_s=10.0), sinks=[store, private],
+            "bench", str(clip), spec, ledger=Ledger(eps_window=1e4, window_s=10.0), sinks=[store, private],
             queue_policy="block", realtime=False, queue_size=4, convert_threads=2,
         )  # fmt: skip
         try:
@@ -188,15 +191,19 @@ def throughput(name: str, frames: int) -> dict:
     row["full_viewer_fps"] = viewed["fps"]
     row["viewer_frames_per_release"] = viewed["pushed_to_viewer"] / max(viewed["releases_seen_by_mount"], 1)
     row["full_vs_decode_rgb"] = row["full_fps"] / row["decode_rgb_fps"]
+    yuv = run_full_path(clip, frames, viewer=False, spec=SPEC_YUV)
+    row["full_yuv_fps"], row["full_yuv_dropped"] = yuv["fps"], yuv["dropped"]
+    row["full_yuv_vs_decode"] = row["full_yuv_fps"] / row["decode_fps"]
+    row["full_yuv_viewer_fps"] = run_full_path(clip, frames, viewer=True, spec=SPEC_YUV)["fps"]
     return row
 
 
-def capacity_step(url: str, n: int, measure_s: float, release_fps: float) -> dict:
+def capacity_step(url: str, n: int, measure_s: float, release_fps: float, spec=SPEC) -> dict:
     stores = [StoreCallback() for _ in range(n)]
     with LocalRtspServer(port=0) as server:
         mounts = [server.serve_private(f"cam{i}") for i in range(n)]
         workers = [
-            CameraWorker(f"cam{i}", url, SPEC, ledger=Ledger(eps_window=1e4, window_s=10.0), release_fps=release_fps,
+            CameraWorker(f"cam{i}", url, spec, ledger=Ledger(eps_window=1e4, window_s=10.0), release_fps=release_fps,
                          sinks=[stores[i], mounts[i]], queue_size=4, convert_threads=1, stall_timeout_s=5.0)
             for i in range(n)
         ]  # fmt: skip
@@ -251,7 +258,8 @@ def capacity_step(url: str, n: int, measure_s: float, release_fps: float) -> dic
 
 
 def capacity(
-    name: str, frames: int, measure_s: float, max_cameras: int, release_fps: float, min_cameras: int = 1
+    name: str, frames: int, measure_s: float, max_cameras: int, release_fps: float, min_cameras: int = 1,
+    spec=SPEC,
 ) -> list[dict]:
     clip = clip_for(name, frames)
     rows = []
@@ -259,10 +267,11 @@ def capacity(
         server = ServerProcess(free_port(), "--mount", "/cam", "--file", str(clip), cwd=str(REPO))
         url = server.start()
         try:
-            row = capacity_step(url, n, measure_s, release_fps)
+            row = capacity_step(url, n, measure_s, release_fps, spec)
         finally:
             server.stop()
         row["resolution"] = name
+        row["color"] = spec.color
         rows.append(row)
         print("  ", json.dumps(row), flush=True)
         wanted = min(release_fps, 30.0)
@@ -282,20 +291,21 @@ def markdown(results: dict) -> str:
     ]
     if results["throughput"]:
         lines += [
-            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path | full / decode-RGB | full + 1 viewer |",
-            "|---|---|---|---|---|---|---|---|",
+            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path RGB | RGB / decode-RGB | RGB + 1 viewer | full path YUV | YUV / decode | YUV + 1 viewer |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results["throughput"]:
             lines.append(
                 f"| {r['resolution']} | {r['decode_fps']:.0f} | {r['decode_rgb_fps']:.0f} | {r['ingest_fps']:.0f} | "
                 f"{r['release_only_fps']:.0f} | {r['full_fps']:.0f} | {r['full_vs_decode_rgb']:.0%} | "
-                f"{r['full_viewer_fps']:.0f} |"
+                f"{r['full_viewer_fps']:.0f} | {r.get('full_yuv_fps', float('nan')):.0f} | "
+                f"{r.get('full_yuv_vs_decode', float('nan')):.0%} | {r.get('full_yuv_viewer_fps', float('nan')):.0f} |"
             )
         lines.append("")
     if results["capacity"]:
         lines += [
-            "| clip | release rate | cameras | dropped | min release fps | p50 ms | p99 ms | max ms |",
-            "|---|---|---|---|---|---|---|---|",
+            "| clip | frames | release rate | cameras | dropped | min release fps | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results["capacity"]:
             rate = "every frame" if math.isinf(r["release_fps"]) else f"{r['release_fps']:g}/s"
@@ -304,7 +314,7 @@ def markdown(results: dict) -> str:
                 return "-" if v is None else f"{v:.0f}"
 
             lines.append(
-                f"| {r['resolution']} | {rate} | {r['cameras']} | {r['dropped']} | {r['min_release_fps']:.1f} | "
+                f"| {r['resolution']} | {r.get('color', 'rgb')} | {rate} | {r['cameras']} | {r['dropped']} | {r['min_release_fps']:.1f} | "
                 f"{ms(r['latency_p50_ms'])} | {ms(r['latency_p99_ms'])} | {ms(r['latency_max_ms'])} |"
             )
     return "\n".join(lines)
@@ -325,6 +335,8 @@ def main() -> int:
         default=[math.inf, 5.0],
         help="capacity runs, one per release rate",
     )
+    parser.add_argument("--color", nargs="+", default=["rgb", "yuv420"], choices=["rgb", "yuv420"],
+                        help="capacity runs: RGB frames, the decoder's I420, or both")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="render an earlier --json file as tables and exit")
     args = parser.parse_args()
@@ -355,11 +367,13 @@ def main() -> int:
         print("capacity (30 fps cameras over RTSP):", flush=True)
         # the capacity clip must outlast warm-up and measurement for the largest step
         cap_frames = int(30 * (args.measure_s + 12))
-        for release_fps in args.release_fps:
-            for name in args.resolutions:
-                results["capacity"] += capacity(
-                    name, cap_frames, args.measure_s, args.max_cameras, release_fps, args.min_cameras
-                )
+        for color in args.color:
+            for release_fps in args.release_fps:
+                for name in args.resolutions:
+                    results["capacity"] += capacity(
+                        name, cap_frames, args.measure_s, args.max_cameras, release_fps, args.min_cameras,
+                        SPEC.replace(color=color),
+                    )
     env["loadavg_1m_at_end"] = os.getloadavg()[0]
     print("load average at the end (1 min):", env["loadavg_1m_at_end"], flush=True)
     if args.json:

@@ -1,7 +1,8 @@
 """The video command against `deface` (face-detection blur, PyPI) on the same 1080p H.264 file.
 
 Both decode the same clip, anonymize every frame and encode H.264 with the same x264 settings
-(preset ultrafast, constant quantizer 23). deface must be installed in its own venv (it pulls a second,
+(preset ultrafast, constant quantizer 23, no tune). dpstream runs in RGB and with --yuv (the decoder's
+I420 released as it is). deface must be installed in its own venv (it pulls a second,
 non-headless OpenCV):
 
     python3 -m venv /tmp/deface-venv && /tmp/deface-venv/bin/pip install deface onnxruntime
@@ -44,7 +45,9 @@ def main() -> int:
         # a scrolling pattern changes every macro-block of every frame, like real footage
         make_test_clip(clip, args.width, args.height, args.frames, 30, pattern="smpte")
         rows = {}
-        for label, extra in (("dpstream previous", []), ("dpstream fixed b=16", ["--layout", "fixed"])):
+        for label, extra in (("dpstream previous", []), ("dpstream previous --yuv", ["--yuv"]),
+                             ("dpstream fixed b=16", ["--layout", "fixed"]),
+                             ("dpstream fixed b=16 --yuv", ["--layout", "fixed", "--yuv"])):
             rows[label] = run_timed([dpstream, "pixelize", clip, os.path.join(tmp, "dp.mp4"), "--quality", "23",
                                      *extra])
         ffmpeg = json.dumps({"codec": "libx264", "ffmpeg_params": ["-preset", "ultrafast", "-qp", "23"]})

@@ -1,9 +1,10 @@
-"""CPU kernels (Numba): thin parallel loops around dp.cell_math.
+"""CPU kernels (Numba) around dp.cell_math, written so that LLVM vectorizes their inner loops.
 
 Cells are stored macro-block by macro-block in raster order, cells inside a block in raster order, channels
 innermost; `offsets[k]` is where block k's means start. The noise of a mean is sample number `index` of
-the frame's noise stream (fill_noise), so the CUDA kernels, which visit cells in another order, add the
-same noise to the same cell.
+the frame's noise stream, so the CUDA kernels, which visit cells in another order, add the same noise to
+the same cell. The CPU draws that stream with its own ChaCha20 (many blocks per SIMD pass) and a
+guide-table inversion; both give exactly cell_math's words and samples (tested index by index).
 """
 
 from __future__ import annotations
@@ -217,9 +218,9 @@ def fill_noise(key, domain, zero_threshold, table, guide, n_digits, out):
 
 # --- cell sums ---------------------------------------------------------------------------------------
 # A macro-block row is cut into runs of neighbouring blocks with the same cell size. For each band of
-# cell rows in a run, the pixel rows are first added vertically into one int32 accumulator (contiguous
-# bytes: vectorized), then each cell adds its columns of the accumulator. Row views indexed from 0 let
-# LLVM drop Numba's negative-index wraparound and vectorize the vertical pass.
+# cell rows in a run, the pixel rows are first added vertically into one row of counters (contiguous
+# bytes: vectorized; uint16 while 255 * b fits, else int32), then each cell adds its columns of them.
+# Row views indexed from 0 let LLVM drop Numba's negative-index wraparound and vectorize the vertical pass.
 @numba.njit(inline="always")
 def _add_rows(flat, y_first, y_end, j0, j1, acc):
     """acc[j0:j1] = sum of flat[y, j0:j1] over y_first <= y < y_end."""

@@ -27,7 +27,7 @@ from service.store import SyncStore
 log = logging.getLogger("dpstream.worker.camera")
 
 # changing these needs a new pipeline; everything else applies at the next frame
-RESTART_FIELDS = ("source", "channels", "enabled")
+RESTART_FIELDS = ("source", "channels", "color", "enabled")
 
 
 class CameraLedger(Ledger):

@@ -36,6 +36,11 @@ class CameraSettings(Model):
 
     enabled: bool = Field(default=True, description="False stops the camera (state DISABLED) but keeps it.")
     channels: Literal[1, 3] = Field(default=3, description="Released channels: 3 (RGB) or 1 (grey).")
+    color: Literal["rgb", "yuv420"] = Field(
+        default="rgb",
+        description="rgb, or yuv420: release the decoder's planar YUV 4:2:0 as it is (no colour conversion; "
+        "the same guarantee; needs channels 3, even cell sizes and even frame sizes; CPU backend).",
+    )
     eps_pix: float = Field(
         default=1.0, gt=0, le=1e4,
         description="Epsilon spent on the cell means of one release (dimensionless, per frame).",
@@ -127,9 +132,9 @@ class Camera(CameraCreate):
 
     def spec_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
-            eps_pix=self.eps_pix, m_pixels=self.m_pixels, channels=self.channels, layout=self.layout,
-            cell_size=self.cell_size, eps_layout=self.eps_layout, gradient_clip=self.gradient_clip,
-            detail_gain=self.detail_gain,
+            eps_pix=self.eps_pix, m_pixels=self.m_pixels, channels=self.channels, color=self.color,
+            layout=self.layout, cell_size=self.cell_size, eps_layout=self.eps_layout,
+            gradient_clip=self.gradient_clip, detail_gain=self.detail_gain,
         )
         if self.layout != "fixed":
             kwargs.update(cell_sizes=tuple(self.cell_sizes), block_size=self.block_size)

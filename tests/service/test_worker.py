@@ -64,6 +64,18 @@ def test_worker_releases_a_test_camera_end_to_end(admin: httpx.Client, worker) -
     assert Image.open(io.BytesIO(jpg.content)).size == (160, 120)
 
 
+def test_yuv420_camera_is_released_from_the_decoders_planes(admin: httpx.Client, worker) -> None:
+    """color=yuv420 over the API: the worker ingests I420, stores YUV releases, serves RGB previews."""
+    make_camera(admin, "yuv", color="yuv420")
+    wait_for(lambda: len(releases_of(admin, "yuv")) >= 2, timeout_s=20, what="2 releases")
+    rel = Release.from_bytes(admin.get("/api/v1/cameras/yuv/releases/latest").content)
+    assert rel.color == "yuv420" and (rel.height, rel.width, rel.channels) == (120, 160, 3)
+    jpg = admin.get("/api/v1/cameras/yuv/frame.jpg")
+    assert Image.open(io.BytesIO(jpg.content)).size == (160, 120)
+    bad = admin.post("/api/v1/cameras", json={"id": "odd", "source": BALL, "color": "yuv420", "cell_size": 5})
+    assert bad.status_code == 422 and "even" in bad.text
+
+
 def test_mjpeg_stream_sends_release_frames(admin: httpx.Client, worker) -> None:
     make_camera(admin, "ball")
     wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")

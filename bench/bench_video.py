@@ -45,6 +45,9 @@ def main() -> int:
         # a scrolling pattern changes every macro-block of every frame, like real footage
         make_test_clip(clip, args.width, args.height, args.frames, 30, pattern="smpte")
         rows = {}
+        # Numba compiles a kernel once per install (then loads it from its cache): do that before timing
+        for extra in ([], ["--yuv"], ["--layout", "fixed"], ["--layout", "fixed", "--yuv"]):
+            run_timed([dpstream, "pixelize", clip, os.path.join(tmp, "warm.mp4"), "--frames", "3", *extra])
         for label, extra in (("dpstream previous", []), ("dpstream previous --yuv", ["--yuv"]),
                              ("dpstream fixed b=16", ["--layout", "fixed"]),
                              ("dpstream fixed b=16 --yuv", ["--layout", "fixed", "--yuv"])):

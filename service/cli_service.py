@@ -6,12 +6,14 @@ Settings come from the environment (service.settings); the options here override
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.embedded import EMBEDDED_PORT
-from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # pydantic-settings loads in ~0.1 s: only the service commands pay for it
+    from service.settings import Settings
 
 DEFAULT_REDIS_HELP = (f"Redis/Valkey URL [env REDIS_URL]; default: the embedded Valkey of `dpstream up` "
                       f"(redis://127.0.0.1:{EMBEDDED_PORT}/0).")
@@ -22,6 +24,8 @@ Port = Annotated[int | None, typer.Option("--port", help="Port of the API [defau
 
 
 def _settings(**overrides) -> Settings:
+    from service.settings import get_settings
+
     base = get_settings()
     changes = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=changes) if changes else base

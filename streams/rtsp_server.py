@@ -261,7 +261,7 @@ class LocalRtspServer:
         factory.set_launch(
             "( filesrc name=file ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
         )
-        factory.set_shared(True)
+        factory.set_shared(shared)
         factory.connect(
             "media-configure",
             lambda _f, media: media.get_element().get_by_name("file").set_property("location", spec.location),

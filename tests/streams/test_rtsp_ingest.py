@@ -71,3 +71,28 @@ def test_refused_credentials_fail_without_leaking_them():
     message = str(info.value)
     assert "credentials refused" in message
     assert "hunter2-wrong" not in message and "admin" not in message and "rtsp://***@127.0.0.1" in message
+
+
+def test_served_file_starts_from_its_beginning_for_every_client(rtsp_server, tmp_path):
+    """serve_file (shared=False): a client that connects while another plays still gets the file from its
+    first frame (its own pipeline), and five clients connecting at once all stream."""
+    import threading
+
+    from streams import make_test_clip
+
+    clip = make_test_clip(tmp_path / "ball.mp4", 160, 120, frames=60, fps=30, pattern="smpte")
+    rtsp_server.serve_file("/file", str(clip))
+    url = rtsp_server.url("/file")
+    playing = iter_frames(url, max_frames=60)
+    first = [next(playing) for _ in range(20)]  # ~0.7 s into the 2 s file, still connected
+    late = list(iter_frames(url, max_frames=3))
+    playing.close()
+    assert np.array_equal(late[0].array, first[0].array)
+    counts: list[int] = []
+    threads = [threading.Thread(target=lambda: counts.append(len(list(iter_frames(url, max_frames=5)))))
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert counts == [5] * 5

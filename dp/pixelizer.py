@@ -40,10 +40,8 @@ class CpuBackend:
         from dp.kernels_cpu import release_means
 
         out = np.empty(n_means, dtype=np.uint8)
-        # per-row counters of b rows: uint16 while 255 * b fits (twice the SIMD lanes of int32)
-        row_proto = np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
         release_means(frame, codes, sizes, block, offsets, key, tables.zero_threshold, tables.digits, tables.guide,
-                      tables.n_digits, row_proto, out)
+                      tables.n_digits, _row_proto(sizes), out)
         return out
 
     @staticmethod
@@ -51,9 +49,8 @@ class CpuBackend:
         from dp.kernels_cpu import release_means_i420
 
         out = np.empty(n_means, dtype=np.uint8)
-        row_proto = np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
         release_means_i420(frame, height, width, codes, sizes, block, offsets, key, tables.zero_threshold,
-                           tables.digits, tables.guide, tables.n_digits, row_proto, out)
+                           tables.digits, tables.guide, tables.n_digits, _row_proto(sizes), out)
         return out
 
     @staticmethod
@@ -64,6 +61,12 @@ class CpuBackend:
         noisy_complexity(frame, block, clip, _noise(n_blocks, key, DOMAIN_LAYOUT, tables),
                          complexity_column_proto(block), out)
         return out
+
+
+def _row_proto(sizes: np.ndarray) -> np.ndarray:
+    """The dtype of the kernels' row counters (b rows of 0..255): uint16 while 255 * b fits (twice the SIMD
+    lanes of int32), else int32."""
+    return np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
 
 
 def _noise(n: int, key: np.ndarray, domain: int, tables) -> np.ndarray:

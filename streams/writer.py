@@ -127,8 +127,9 @@ class H264Mp4Writer:
             f"framerate={self.fps.numerator}/{self.fps.denominator}"
         )
         # I420 input (dp.Release.reconstruct_i420: BT.601 limited range) goes to the encoder unconverted
-        convert = ("video/x-raw,colorimetry=bt601 ! " if input_format == "i420"
-                   else f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! ")
+        if input_format == "i420":
+            caps += ",colorimetry=bt601"
+        convert = "" if input_format == "i420" else f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! "
         self.pipeline = parse_pipeline(
             f"appsrc name=src format=time block=true max-bytes={3 * self.encoded_width * self.encoded_height * channels} caps={caps} ! "
             f"{convert}{self.encoder.x264_description()} ! h264parse ! mp4mux ! filesink name=sink"

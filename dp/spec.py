@@ -84,7 +84,6 @@ class PixelizeSpec:
     eps_pix: float
     m_pixels: int = 16
     channels: int = 3
-    color: str = "rgb"
     layout: LayoutMode = "fixed"
     cell_size: int = 16
     cell_sizes: tuple[int, ...] = DEFAULT_CELL_SIZES
@@ -93,6 +92,7 @@ class PixelizeSpec:
     layout_map: tuple[tuple[int, ...], ...] | None = field(default=None)
     gradient_clip: int = 32
     detail_gain: float = 0.25
+    color: str = "rgb"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -111,7 +111,8 @@ def _mapped_bytes(buf: Gst.Buffer) -> bytes:
 
 
 def _i420_to_array(buf: Gst.Buffer, caps: Gst.Caps) -> np.ndarray:
-    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (zero-copy when GStreamer's are)."""
+    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (one copy out of GStreamer; a second
+    only when its planes are padded)."""
     structure = caps.get_structure(0)
     width = structure.get_value("width")
     height = structure.get_value("height")

@@ -144,6 +144,16 @@ def main() -> int:
                 ok &= a.to_bytes() == b.to_bytes()
             results["parity"][f"{res} {name}"] = bool(ok)
             print(f"parity {res:6s} {name:18s} {'identical' if ok else 'DIFFERENT'}", flush=True)
+        # the decoder's I420 (color="yuv420"): a made-up I420 frame of the same size
+        h, w = frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2
+        i420 = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+        for name in ("fixed-16", "previous", "private"):
+            spec = specs(h, w)[name].replace(color="yuv420")
+            cpu, gpu = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cuda")
+            ok = all(cpu.release(i420, key=key, frame_index=i, timestamp_s=0.0).to_bytes()
+                     == gpu.release(i420, key=key, frame_index=i, timestamp_s=0.0).to_bytes() for i in range(2))
+            results["parity"][f"{res} yuv420 {name}"] = bool(ok)
+            print(f"parity {res:6s} yuv420 {name:11s} {'identical' if ok else 'DIFFERENT'}", flush=True)
 
     # 2. frame-resident kernel time vs copy bandwidth
     bw = copy_bandwidth_gbs(1 << 16 if args.small else 1 << 30)

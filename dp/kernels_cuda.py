@@ -83,6 +83,54 @@ def release_kernel(frame, codes, sizes, block, offsets, noise, out):
         out[base + i] = noisy_cell_mean(sums[i], noise[base + i], n)
 
 
+@cuda.jit
+def release_kernel_i420(frame, height, width, codes, sizes, block, offsets, noise, out):
+    """release_kernel for a color='yuv420' frame: `frame` is the flat I420 buffer (Y, then U and V at
+    H/2 x W/2), H, W and every cell size even. Cell k's (Y, U, V) sums: its luma samples, and the chroma
+    samples of its 2x2 blocks, as dp.kernels_cpu.release_means_i420 adds them."""
+    bx = cuda.blockIdx.x
+    by = cuda.blockIdx.y
+    tid = cuda.threadIdx.x
+    n_bx = codes.shape[1]
+    wc = width // 2
+    u_base = height * width
+    v_base = u_base + (height // 2) * wc
+    sums = cuda.shared.array(MAX_SHARED_SUMS, int32)
+    y0 = by * block
+    x0 = bx * block
+    bh = min(block, height - y0)
+    bw = min(block, width - x0)
+    b = sizes[codes[by, bx]]
+    ncx = (bw + b - 1) // b
+    n_sums = ((bh + b - 1) // b) * ncx * 3
+    for i in range(tid, n_sums, THREADS):
+        sums[i] = 0
+    cuda.syncthreads()  # zeroed before any thread adds into it
+    for p in range(tid, bh * bw, THREADS):
+        y = p // bw
+        x = p - y * bw
+        cuda.atomic.add(sums, ((y // b) * ncx + x // b) * 3, int32(frame[(y0 + y) * width + x0 + x]))
+    hc = bh // 2
+    wcb = bw // 2
+    for p in range(tid, hc * wcb, THREADS):
+        y = p // wcb
+        x = p - y * wcb
+        cell = ((2 * y) // b) * ncx + (2 * x) // b
+        at = (y0 // 2 + y) * wc + x0 // 2 + x
+        cuda.atomic.add(sums, cell * 3 + 1, int32(frame[u_base + at]))
+        cuda.atomic.add(sums, cell * 3 + 2, int32(frame[v_base + at]))
+    cuda.syncthreads()  # every sample is in its cell sum before any mean is finalised
+    base = offsets[by * n_bx + bx]
+    for i in range(tid, n_sums, THREADS):
+        cell = i // 3
+        cy = cell // ncx
+        cx = cell - cy * ncx
+        n = min(b, bh - cy * b) * min(b, bw - cx * b)
+        if i - cell * 3 > 0:
+            n = n // 4  # whole 2x2 chroma blocks: cells and frames have even sides
+        out[base + i] = noisy_cell_mean(sums[i], noise[base + i], n)
+
+
 TILE = 32
 TILE_ROWS_PER_THREAD = 4
 ROW_GROUPS = 8  # TILE // TILE_ROWS_PER_THREAD, spelled out: shared array shapes must be literals
@@ -242,6 +290,16 @@ class CudaBackend:
         else:
             n_by, n_bx = codes.shape
             release_kernel[(n_bx, n_by), THREADS](frame, d_codes, d_sizes, block, d_offsets, noise, out)
+        return out.copy_to_host()
+
+    def release_means_i420(self, frame, height, width, codes, sizes, block, offsets, n_means, key,
+                           tables) -> np.ndarray:
+        noise = self.noise(n_means, key, _PIXELS, tables)
+        out = cuda.device_array(n_means, dtype=np.uint8)
+        flat = self.to_device(frame).reshape(frame.shape[0] * frame.shape[1])  # contiguous: a view
+        n_by, n_bx = codes.shape
+        release_kernel_i420[(n_bx, n_by), THREADS](flat, height, width, cuda.to_device(codes), cuda.to_device(sizes),
+                                                   block, cuda.to_device(offsets), noise, out)
         return out.copy_to_host()
 
     def noisy_complexity(self, frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:

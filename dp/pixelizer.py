@@ -113,8 +113,6 @@ class Pixelizer:
     def __init__(self, spec: PixelizeSpec, backend: str = "auto") -> None:
         if not isinstance(spec, PixelizeSpec):
             raise ConfigError(f"spec must be a PixelizeSpec, got {type(spec).__name__}")
-        if spec.color == "yuv420" and backend == "auto":
-            backend = "cpu"  # planar YUV runs on the CPU kernels only
         self._backend = make_backend(backend)
         self._lock = threading.Lock()
         self._spec = spec
@@ -143,8 +141,6 @@ class Pixelizer:
             self._spec = spec
 
     def _check_backend_limits(self, spec: PixelizeSpec) -> None:
-        if self._backend.name == "cuda" and spec.color != "rgb":
-            raise ConfigError(f"color={spec.color!r} runs on the CPU backend only; use backend='cpu' or color='rgb'")
         if self._backend.name == "cuda":
             from dp.kernels_cuda import MAX_SHARED_SUMS
 
@@ -188,8 +184,8 @@ class Pixelizer:
             if n_means >= 1 << 32:
                 raise FrameError(f"a {height}x{width} frame at these cell sizes has {n_means} means; use larger cells")
             if spec.color == "yuv420":
-                means = self._backend.release_means_i420(frame, height, width, codes, sizes, spec.block_size, offsets,
-                                                         n_means, words, laplace_tables(spec.noise_scale))
+                means = self._backend.release_means_i420(device_frame, height, width, codes, sizes, spec.block_size,
+                                                         offsets, n_means, words, laplace_tables(spec.noise_scale))
             else:
                 means = self._backend.release_means(device_frame, codes, sizes, spec.block_size, offsets, n_means,
                                                     words, laplace_tables(spec.noise_scale))

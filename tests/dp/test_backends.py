@@ -34,9 +34,15 @@ COMPARE = textwrap.dedent(
         "private-16-generic": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="private", eps_layout=1.0,
                                            block_size=16, cell_sizes=(4, 8, 16)),
         "grey-16-tiled": PixelizeSpec(eps_pix=1.0, m_pixels=3, channels=1, cell_size=16),
+        "yuv420-fixed-6": PixelizeSpec(eps_pix=1.0, m_pixels=2, cell_size=6, color="yuv420"),
+        "yuv420-previous-32": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="previous", color="yuv420"),
+        "yuv420-private-16": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="private", eps_layout=1.0,
+                                          block_size=16, cell_sizes=(4, 8, 16), color="yuv420"),
     }
+    he, we = h - h % 2, w - w % 2  # I420 frames have even sides
     for name, spec in specs.items():
-        frames = [rng.integers(0, 256, (h, w, spec.channels), dtype=np.uint8) for _ in range(2)]
+        shape = (he * 3 // 2, we) if spec.color == "yuv420" else (h, w, spec.channels)
+        frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
         keys = [secrets.token_bytes(32) for _ in range(2)]
         cpu, gpu = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cuda")
         for frame, key in zip(frames, keys):

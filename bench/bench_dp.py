@@ -3,7 +3,8 @@
 On 720p, 1080p and 4K RGB frames (a camera-like synthetic scene; noise generation included), times:
 
 * dpstream `Pixelizer.release` in fixed b=16, previous (adaptive, free) and private (adaptive, paid) modes,
-  with and without `Release.reconstruct()` (the full-resolution privatized image);
+  with and without `Release.reconstruct()` (the full-resolution privatized image), and on the same scene as
+  an I420 frame with `color="yuv420"`;
 * the classical DP-Pix of Fan 2018 (`dp.baseline.dp_pix`: a sequential loop over cells), the same
   mechanism vectorised in numpy (float Laplace noise, *not* private-grade: a speed reference only), and
   OpenCV's non-private pixelization (INTER_AREA down, INTER_NEAREST up);
@@ -100,6 +101,12 @@ def main() -> int:
             px.release(frame)
             t[label] = best_ms(lambda px=px: px.release(frame), args.repeat)
             t[label + " +image"] = best_ms(lambda px=px: px.release(frame).reconstruct(), args.repeat)
+        # the decoder's I420 released as it is (color="yuv420"): the same scene, converted once outside the timing
+        i420 = cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)
+        for label, spec in specs.items():
+            px = Pixelizer(spec.replace(color="yuv420"), backend="cpu")
+            px.release(i420)
+            t[label + " (yuv420 frame)"] = best_ms(lambda px=px: px.release(i420), args.repeat)
         t["classical DP-Pix loop"] = best_ms(lambda: dp_pix(frame, fixed), max(1, args.repeat // 5))
         scale = float(fixed.noise_scale)
         t["numpy DP-Pix (float noise)"] = best_ms(lambda: numpy_dp_pix(frame, 16, scale, rng), args.repeat)

@@ -420,6 +420,18 @@ def complexity_column_proto(block: int) -> np.ndarray:
     return np.zeros(0, dtype=np.uint16 if 2 * 255 * block <= 0xFFFF else np.uint32)
 
 
+@numba.njit(inline="always")
+def _band_rows(codes, sizes, by, block):
+    """Rows per band of macro-block row by: the gcd of its cell sizes, so no cell boundary falls inside a
+    band and one template row serves every pixel row of the band."""
+    g = block
+    for bx in range(codes.shape[1]):
+        a = sizes[codes[by, bx]]
+        while a:
+            g, a = a, g % a
+    return g
+
+
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def reconstruct(means, codes, sizes, block, offsets, out):
     """Fill every cell of `out` (HxWxC) with its released mean: per band of cell rows, one template row
@@ -431,12 +443,7 @@ def reconstruct(means, codes, sizes, block, offsets, out):
         y0 = by * block
         bh = min(block, height - y0)
         top = np.empty_like(flat[0])
-        # bands of g rows, g the gcd of the row's cell sizes: no cell boundary falls inside a band
-        g = block
-        for bx in range(n_bx):
-            a = sizes[codes[by, bx]]
-            while a:
-                g, a = a, g % a
+        g = _band_rows(codes, sizes, by, block)
         for band in range((bh + g - 1) // g):
             ya = y0 + band * g
             yb = min(ya + g, y0 + bh)
@@ -461,10 +468,12 @@ def reconstruct(means, codes, sizes, block, offsets, out):
                     row[j] = top[j]
 
 
-def i420_layout(height: int, width: int) -> tuple[int, int, int, int]:
+@numba.njit(cache=_CACHE)
+def i420_layout(height, width):
     """(even height, even width, luma stride, chroma stride) of the I420 buffer reconstruct_i420 writes:
     planar Y, U, V; rows padded to a multiple of 4 bytes (GStreamer's default video layout)."""
-    he, we = height + height % 2, width + width % 2
+    he = height + height % 2
+    we = width + width % 2
     return he, we, (we + 3) & ~3, (we // 2 + 3) & ~3
 
 
@@ -479,10 +488,7 @@ def reconstruct_i420(means, codes, sizes, block, offsets, height, width, yuv_mea
     With yuv_means the means already are (Y, U, V) per cell (a color="yuv420" release) and are copied.
     """
     n_by, n_bx = codes.shape
-    he = height + height % 2
-    we = width + width % 2
-    sy = (we + 3) & ~3
-    sc = (we // 2 + 3) & ~3
+    he, we, sy, sc = i420_layout(height, width)
     n_cells = means.size // 3
     ycell = np.empty(n_cells, dtype=np.uint8)
     ucell = np.empty(n_cells, dtype=np.uint8)
@@ -508,11 +514,7 @@ def reconstruct_i420(means, codes, sizes, block, offsets, height, width, yuv_mea
         ty = np.zeros(sy, dtype=np.uint8)
         tu = np.zeros(sc, dtype=np.uint8)
         tv = np.zeros(sc, dtype=np.uint8)
-        g = block  # bands of g rows, g the gcd of the row's cell sizes (as in reconstruct)
-        for bx in range(n_bx):
-            a = sizes[codes[by, bx]]
-            while a:
-                g, a = a, g % a
+        g = _band_rows(codes, sizes, by, block)
         for band in range((bh + g - 1) // g):
             ya = y0 + band * g
             yb = min(ya + g, y0 + bh)

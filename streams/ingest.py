@@ -122,9 +122,9 @@ def _i420_to_array(buf: Gst.Buffer, caps: Gst.Caps) -> np.ndarray:
     if meta is not None:
         strides = [int(meta.stride[i]) for i in range(3)]
         offsets = [int(meta.offset[i]) for i in range(3)]
-    else:  # GStreamer's default I420 packing: rows aligned to 4 bytes
-        sy, sc = (width + 3) & ~3, (width // 2 + 3) & ~3
-        strides, offsets = [sy, sc, sc], [0, sy * height, sy * height + sc * (height // 2)]
+    else:  # GStreamer's default packing for these caps
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        strides, offsets = [int(v) for v in info.stride[:3]], [int(v) for v in info.offset[:3]]
     flat = np.frombuffer(_mapped_bytes(buf), dtype=np.uint8)
     hc, wc = height // 2, width // 2
     if strides == [width, wc, wc] and offsets == [0, width * height, width * height + wc * hc]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from dp.errors import ConfigError, IngestError
 
-from .gst import Gst, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
+from .gst import Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
 from .sources import TEST_PATTERNS
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class H264Mp4Writer:
         )
         self.pipeline.get_by_name("sink").set_property("location", self.path)
         self._src = self.pipeline.get_by_name("src")
+        self._i420_size = GstVideo.VideoInfo.new_from_caps(Gst.Caps.from_string(caps)).size
         self._row_bytes = self.encoded_width * channels
         self._stride = (self._row_bytes + 3) & ~3  # GStreamer's default row alignment for packed formats
         self._frame_ns = Gst.util_uint64_scale(Gst.SECOND, self.fps.denominator, self.fps.numerator)
@@ -150,8 +151,7 @@ class H264Mp4Writer:
             raise ConfigError(f"writer {self.path!r} is closed")
         if self.input_format != "i420":
             raise ConfigError(f"writer {self.path!r} takes {self.input_format} frames; open it with input_format='i420'")
-        he, we = self.encoded_height, self.encoded_width
-        expected = ((we + 3) & ~3) * he + 2 * ((we // 2 + 3) & ~3) * (he // 2)
+        expected = self._i420_size
         arr = np.asarray(buffer)
         if arr.dtype != np.uint8 or arr.ndim != 1 or arr.size != expected:
             raise ConfigError(

@@ -85,3 +85,16 @@ def test_auto_backend_never_picks_the_simulator():
     if not _real_gpu():
         assert px.backend == "cpu"
         assert np.asarray(px.release(np.zeros((8, 8, 3), np.uint8)).means).size == 3
+
+
+@pytest.mark.skipif(any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")),
+                    reason="this machine has an NVIDIA driver")
+def test_auto_backend_without_a_driver_does_not_load_numba_cuda():
+    """No NVIDIA driver: `auto` is the CPU at once, without importing numba.cuda (about 0.2 s of start-up)."""
+    code = ("import sys; from dp import Pixelizer, PixelizeSpec; "
+            "px = Pixelizer(PixelizeSpec(eps_pix=1.0), backend='auto'); "
+            "print(px.backend, 'numba.cuda' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["cpu", "False"]

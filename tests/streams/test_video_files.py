@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from dp.errors import ConfigError, IngestError
 from streams import EncoderSettings, H264Mp4Writer, iter_frames, make_test_clip
+from streams.gst import Gst
+from streams.ingest import FrameSource
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,44 @@ def test_i420_frames_are_the_decoders_planes_as_they_are(clip):
     assert odd.array.shape == (183, 162)  # chroma rows padded to 4 bytes by GStreamer, packed here
     with pytest.raises(ConfigError, match="i420"):
         list(iter_frames(clip, max_frames=1, channels=1, pixel_format="i420"))
+
+
+def _decoder_threads(source) -> list[int]:
+    found = []
+    it = source.pipeline.iterate_recurse()
+    while True:
+        ok, element = it.next()
+        if ok != Gst.IteratorResult.OK:
+            return found
+        factory = element.get_factory()
+        if factory is not None and factory.get_name().startswith("avdec_"):
+            found.append(element.get_property("max-threads"))
+
+
+def test_file_decoder_gets_a_spare_frame_thread_and_the_same_frames(clip):
+    """Files decode with one libav frame thread more than the cores; threading changes no pixel."""
+    source = FrameSource(clip, pixel_format="i420")
+    try:
+        source.start()
+        first = source.pull(10.0)
+        assert first is not None
+        assert _decoder_threads(source) == [(os.cpu_count() or 1) + 1]
+    finally:
+        source.stop()
+    single = FrameSource(clip, pixel_format="i420", decoder_threads=1)
+    try:
+        single.start()
+        assert single.pull(10.0) is not None
+        assert _decoder_threads(single) == [1]
+    finally:
+        single.stop()
+    threaded = [f.array for f in iter_frames(clip, pixel_format="i420")]
+    one = [f.array for f in iter_frames(clip, pixel_format="i420", decoder_threads=1)]
+    assert len(threaded) == len(one) == 30
+    assert all(np.array_equal(a, b) for a, b in zip(threaded, one, strict=True))
+    assert np.array_equal(first.array, one[0])
+    with pytest.raises(ConfigError, match="decoder_threads"):
+        FrameSource(clip, decoder_threads=-1)
 
 
 def test_max_frames_and_duration_stop_early(clip):

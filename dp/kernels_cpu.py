@@ -250,6 +250,28 @@ def _run_end(codes, by, bx, samples_per_block):
 
 
 @numba.njit(inline="always")
+def _cell_sum1(acc, xa, xe):
+    """sum(acc[xa:xe]) in uint32 (a cell row of at most 32 counters of at most 255 * 32 each). The common
+    full cells have a constant trip count, which LLVM turns into a few vector adds; a loop of unknown
+    length 8 or 16 stays scalar."""
+    s = np.uint32(0)
+    w = xe - xa
+    if w == 16:
+        for x in range(16):
+            s += np.uint32(acc[xa + x])
+    elif w == 8:
+        for x in range(8):
+            s += np.uint32(acc[xa + x])
+    elif w == 32:
+        for x in range(32):
+            s += np.uint32(acc[xa + x])
+    else:
+        for x in range(xa, xe):
+            s += np.uint32(acc[x])
+    return s
+
+
+@numba.njit(inline="always")
 def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by, offsets, stride, first_channel,
                      noise, first, acc, out):
     """The means of one macro-block row of one image plane.
@@ -296,6 +318,8 @@ def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by
                         out[idx] = noisy_cell_mean(s0, noise[z], n)
                         out[idx + 1] = noisy_cell_mean(s1, noise[z + 1], n)
                         out[idx + 2] = noisy_cell_mean(s2, noise[z + 2], n)
+                    elif channels == 1:
+                        out[idx] = noisy_cell_mean(_cell_sum1(acc, xa, xe), noise[z], n)
                     else:
                         for c in range(channels):
                             s = 0

@@ -77,19 +77,41 @@ def clip_for(name: str, frames: int) -> Path:
     return path
 
 
-def gst_fps(description: str, location: Path, frames: int) -> float:
-    """Run a pipeline ``filesrc name=src ! ...`` to EOS; frames per second of wall time."""
+def _cpu_s() -> float:
+    """CPU seconds used so far by this process, every thread (GStreamer's included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def gst_fps(description: str, location: Path, frames: int, cpu: dict | None = None) -> float:
+    """Run a pipeline ``filesrc name=src ! ...`` to EOS; frames per second of wall time (CPU ms per frame
+    into ``cpu["ms_per_frame"]`` when given)."""
     ensure_init()
     pipeline = parse_pipeline(description)
     pipeline.get_by_name("src").set_property("location", str(location))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     pipeline.set_state(Gst.State.PLAYING)
     msg = pipeline.get_bus().timed_pop_filtered(600 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
-    elapsed = time.perf_counter() - t0
+    elapsed, used = time.perf_counter() - t0, _cpu_s() - c0
     shutdown_pipeline(pipeline)
     if msg is None or msg.type != Gst.MessageType.EOS:
         raise RuntimeError(f"pipeline failed: {description}")
+    if cpu is not None:
+        cpu["ms_per_frame"] = 1e3 * used / frames
     return frames / elapsed
+
+
+def decode_ceiling(clip: Path, frames: int, tail: str) -> dict:
+    """Decode-only fps with libav's own thread count and with the one the full path uses for files
+    (streams.ingest: one more than the cores); the ceiling is the faster of the two."""
+    threads = (os.cpu_count() or 1) + 1
+    out: dict = {}
+    for key, opts in (("auto", ""), (f"threads_{threads}", f" max-threads={threads}")):
+        cpu: dict = {}
+        out[key] = gst_fps(f"filesrc name=src ! qtdemux ! h264parse ! avdec_h264{opts} ! {tail}", clip, frames, cpu)
+        out[f"{key}_cpu_ms"] = cpu["ms_per_frame"]
+    out["best"] = max(out["auto"], out[f"threads_{threads}"])
+    return out
 
 
 class StoreCallback:
@@ -140,13 +162,14 @@ def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:
                     raise RuntimeError("viewer did not connect")
                 base_released, t0 = worker.stats.frames_released, time.perf_counter()
             else:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _cpu_s()
                 worker.start()
                 base_released = 0
             target = base_released + frames if viewer else frames
             if not wait_for(lambda: worker.stats.frames_released >= target, 600, 0.005):
                 raise RuntimeError("full path did not finish")
             elapsed = time.perf_counter() - t0
+            cpu_ms = None if viewer else 1e3 * (_cpu_s() - c0) / frames
             stats = worker.stats
         finally:
             worker.stop()
@@ -155,6 +178,7 @@ def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:
                 viewer_proc.wait(10)
     return {
         "fps": frames / elapsed,
+        "cpu_ms_per_frame": cpu_ms,
         "dropped": stats.frames_dropped,
         "pushed_to_viewer": private.frames_pushed,
         "releases_seen_by_mount": private.releases_seen,
@@ -164,15 +188,12 @@ def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:
 def throughput(name: str, frames: int) -> dict:
     clip = clip_for(name, frames)
     row: dict = {"resolution": name, "frames": frames}
-    row["decode_fps"] = gst_fps(
-        "filesrc name=src ! qtdemux ! h264parse ! avdec_h264 ! fakesink sync=false", clip, frames
+    row["decode"] = decode_ceiling(clip, frames, "fakesink sync=false")
+    row["decode_fps"] = row["decode"]["best"]
+    row["decode_rgb"] = decode_ceiling(
+        clip, frames, "videoconvert n-threads=2 ! video/x-raw,format=RGB ! fakesink sync=false"
     )
-    row["decode_rgb_fps"] = gst_fps(
-        "filesrc name=src ! qtdemux ! h264parse ! avdec_h264 ! videoconvert n-threads=2 ! video/x-raw,format=RGB ! "
-        "fakesink sync=false",
-        clip,
-        frames,
-    )
+    row["decode_rgb_fps"] = row["decode_rgb"]["best"]
     t0 = time.perf_counter()
     kept = []
     for frame in iter_frames(clip):
@@ -205,6 +226,7 @@ def throughput(name: str, frames: int) -> dict:
     row["full_vs_decode_rgb"] = row["full_fps"] / row["decode_rgb_fps"]
     yuv = run_full_path(clip, frames, viewer=False, spec=SPEC_YUV)
     row["full_yuv_fps"], row["full_yuv_dropped"] = yuv["fps"], yuv["dropped"]
+    row["full_yuv_cpu_ms"], row["full_cpu_ms"] = yuv["cpu_ms_per_frame"], full["cpu_ms_per_frame"]
     row["full_yuv_vs_decode"] = row["full_yuv_fps"] / row["decode_fps"]
     row["full_yuv_viewer_fps"] = run_full_path(clip, frames, viewer=True, spec=SPEC_YUV)["fps"]
     return row
@@ -312,6 +334,23 @@ def markdown(results: dict) -> str:
                 f"{r['release_only_fps']:.0f} | {r['full_fps']:.0f} | {r['full_vs_decode_rgb']:.0%} | "
                 f"{r['full_viewer_fps']:.0f} | {r.get('full_yuv_fps', float('nan')):.0f} | "
                 f"{r.get('full_yuv_vs_decode', float('nan')):.0%} | {r.get('full_yuv_viewer_fps', float('nan')):.0f} |"
+            )
+        lines += [
+            "",
+            "CPU per frame (ms, all threads of the process; decode-only with libav's own thread count / with the "
+            "full path's):",
+            "",
+            "| clip | decode (I420) | full path YUV | decode to RGB | full path RGB |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results["throughput"]:
+            d, drgb = r.get("decode", {}), r.get("decode_rgb", {})
+            n = next((k for k in d if k.startswith("threads_") and not k.endswith("_cpu_ms")), None)
+            if n is None:
+                continue
+            lines.append(
+                f"| {r['resolution']} | {d['auto_cpu_ms']:.2f} / {d[n + '_cpu_ms']:.2f} | {r['full_yuv_cpu_ms']:.2f} | "
+                f"{drgb['auto_cpu_ms']:.2f} / {drgb[n + '_cpu_ms']:.2f} | {r['full_cpu_ms']:.2f} |"
             )
         lines.append("")
     if results["capacity"]:

@@ -55,9 +55,10 @@ class CameraSettings(Model):
         ),
     )
     layout: Literal["fixed", "map", "previous", "private"] = Field(
-        default="fixed",
-        description="How cells are chosen: fixed size, an operator map, the previous release, or a noisy "
-        "per-frame complexity (private, costs eps_layout).",
+        default="previous",
+        description="How cells are chosen: fixed size, an operator map, the previous release (the default: "
+        "adaptive at no privacy cost, never worse than the best fixed size in docs/benchmarks.md), or a "
+        "noisy per-frame complexity (private, costs eps_layout).",
     )
     cell_size: int = Field(default=16, ge=1, le=1024, description="Cell side in pixels (fixed layout; the "
                            "starting size of adaptive layouts).")

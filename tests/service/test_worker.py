@@ -70,9 +70,11 @@ def test_yuv420_camera_is_released_from_the_decoders_planes(admin: httpx.Client,
     wait_for(lambda: len(releases_of(admin, "yuv")) >= 2, timeout_s=20, what="2 releases")
     rel = Release.from_bytes(admin.get("/api/v1/cameras/yuv/releases/latest").content)
     assert rel.color == "yuv420" and (rel.height, rel.width, rel.channels) == (120, 160, 3)
+    assert rel.layout_mode == "previous"  # the camera default: adaptive at no privacy cost
     jpg = admin.get("/api/v1/cameras/yuv/frame.jpg")
     assert Image.open(io.BytesIO(jpg.content)).size == (160, 120)
-    bad = admin.post("/api/v1/cameras", json={"id": "odd", "source": BALL, "color": "yuv420", "cell_size": 5})
+    bad = admin.post("/api/v1/cameras", json={"id": "odd", "source": BALL, "color": "yuv420", "layout": "fixed",
+                                              "cell_size": 5})
     assert bad.status_code == 422 and "even" in bad.text
 
 

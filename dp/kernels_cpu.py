@@ -174,6 +174,11 @@ def _laplace_from_words(w, k, base, zero_threshold, table, guide, n_digits):
     for j in range(n_digits):
         uj = _word64(w, base + 2 + 2 * j, k)
         d = np.int64(guide[j, uj >> np.uint64(56)])
+        # A bucket of the guide holds about one threshold of a nearly uniform digit, so whether u passes it
+        # is a coin flip: add the first step as a 0/1 instead of branching on it (a mispredicted branch
+        # cost more than the rest of the inversion); further steps are rare.
+        if d < 255:
+            d += np.int64(table[j, d] <= uj)
         while d < 255 and table[j, d] <= uj:
             d += 1
         g += np.uint64(d) << np.uint64(8 * j)

@@ -103,7 +103,7 @@ class WorkerProcess:
         self._sub_thread: threading.Thread | None = None
         self._live_workers = 1
         self._least_loaded_peer: int | None = None
-        self._unleased_before: set[str] = set()
+        self._unleased_since: dict[str, float] = {}  # camera id -> when this worker first saw it unleased
         self._lost: set[str] = set()
         self._ids_lock = threading.Lock()  # guards _owned_ids: the renewal thread's view of what we hold
         self._owned_ids: set[str] = set()
@@ -225,20 +225,29 @@ class WorkerProcess:
     def _claim(self, ids: list[str]) -> None:
         fair_share = math.ceil(len(ids) / self._live_workers) if ids else 0
         target = min(self.settings.max_cameras_per_worker, fair_share)
+        beat = self.settings.heartbeat_interval_s
+        handed_back = None
         with self._lock:
             peer = self._least_loaded_peer
             if len(self._owned) > target and peer is not None and peer < target:
                 # more than our share (a worker joined): hand one camera back per heartbeat
-                cid = sorted(self._owned)[-1]
-                log.info("rebalancing: handing camera back camera_id=%s", cid)
-                self._drop(cid, release_lease=True)
+                handed_back = sorted(self._owned)[-1]
+                log.info("rebalancing: handing camera back camera_id=%s", handed_back)
+                self._drop(handed_back, release_lease=True)
         others = [cid for cid in ids if cid not in self._owned]
         pttls = self.store.lease_pttls(others)
         unleased = {cid for cid, pttl in zip(others, pttls, strict=True) if pttl < 0}
-        # a camera nobody claimed for a whole heartbeat is taken even above the fair share: a dead worker
-        # still counts as live until its own liveness expires, and its cameras must not wait for that
-        overdue = unleased & self._unleased_before
-        self._unleased_before = unleased
+        # A camera nobody claimed for a whole heartbeat (of time, not of our ticks, which events can make
+        # much more frequent) is taken even above the fair share: a dead worker still counts as live until
+        # its own liveness expires, and its cameras must not wait for that. One we just handed back waits
+        # a heartbeat more, so that the peer it was meant for sees it on one of its own heartbeats (else
+        # we could take it back before the peer ever looks, again and again).
+        now = time.monotonic()
+        since = {cid: self._unleased_since.get(cid, now) for cid in unleased}
+        if handed_back in since:
+            since[handed_back] = now + beat
+        self._unleased_since = since
+        overdue = {cid for cid, t in since.items() if now - t >= beat}
         for cid in others:
             if self._stop.is_set() or len(self._owned) >= self.settings.max_cameras_per_worker:
                 break

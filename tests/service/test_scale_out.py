@@ -49,7 +49,7 @@ def reap(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_killed_workers_cameras_are_taken_over_within_the_lease_ttl(
-    admin: httpx.Client, redis_url: str, tmp_path: Path
+    admin: httpx.Client, redis_url: str, tmp_path: Path, dp_warm
 ) -> None:
     metrics_ports = {"w1": free_port(), "w2": free_port()}
     workers = {wid: spawn_worker(redis_url, wid, tmp_path / f"{wid}.log", metrics_ports[wid]) for wid in ("w1", "w2")}
@@ -138,3 +138,33 @@ def test_redis_restart_loses_no_acknowledged_release(tmp_path: Path, dp_warm) ->
     assert pub.dropped == 0
     assert pub.submitted == pub.acknowledged == stored  # every release made it, none twice
     assert acknowledged_before <= ids
+
+
+def test_a_worker_joining_late_gets_its_share_and_keeps_it(settings: Settings, dp_warm) -> None:
+    """The first worker takes both cameras; a second joins; one camera moves to it and stays there.
+
+    The handed-back camera must not be taken back by the worker that handed it over (a tick of its own,
+    woken by the camera it just stopped, came long before the newcomer's next heartbeat: it did, forever).
+    """
+    from service.models import Camera
+    from service.worker_process import WorkerProcess
+
+    store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
+    first = WorkerProcess(settings.model_copy(update={"worker_id": "first"}))
+    late = WorkerProcess(settings.model_copy(update={"worker_id": "late"}))
+    try:
+        first.start()
+        for cid in ("a", "b"):
+            store.put_camera(Camera(id=cid, source="test:ball?width=160&height=120&fps=10"))
+        wait_for(lambda: first.camera_ids == ["a", "b"], timeout_s=20, what="the first worker holding both")
+        late.start()
+        wait_for(lambda: len(late.camera_ids) == 1 and len(first.camera_ids) == 1, timeout_s=15,
+                 interval_s=0.05, what="one camera each")
+        held = (first.camera_ids, late.camera_ids)
+        time.sleep(4 * settings.heartbeat_interval_s)  # and nothing moves afterwards
+        assert (first.camera_ids, late.camera_ids) == held
+        assert {store.lease_owner(c) for c in ("a", "b")} == {"first", "late"}
+    finally:
+        late.stop()
+        first.stop()
+        store.close()

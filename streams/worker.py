@@ -574,19 +574,26 @@ class CameraWorker:
     def _warm_up(self) -> None:
         """Compile dp's kernels before the first real frame, so it is not dropped while they compile.
 
-        A separate Pixelizer on a black frame: nothing is delivered, no budget is spent and the camera's
-        own Pixelizer state (the previous release, for layout='previous') is untouched.
+        Separate Pixelizers on black frames: nothing is delivered, no budget is spent and the camera's own
+        Pixelizer state (the previous release, for layout='previous') is untouched. The camera's own spec
+        first, released twice (the second release takes an adaptive layout's path from the first), on a
+        frame of 2x2 macro-blocks; a spec that frame cannot serve (an operator's layout map) falls back to
+        fixed 16 px cells, which load the kernels every layout shares.
         """
-        try:
-            spec = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)
-            shape = (48, 32) if self._color == "yuv420" else (32, 32, self._channels)
-            scratch = np.zeros(shape, dtype=np.uint8)
-            scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
-            Pixelizer(spec, backend=self._pixelizer.backend).release(scratch)
-        except Exception:
-            self.log.debug("camera %s: warm-up failed", self.camera_id, exc_info=True)
-        finally:
-            self._dp_ready.set()
+        backend = self._pixelizer.backend
+        side = 2 * max(self._spec.block_size, 16)
+        for spec in (self._spec, PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)):
+            try:
+                shape = (side * 3 // 2, side) if self._color == "yuv420" else (side, side, self._channels)
+                scratch = np.zeros(shape, dtype=np.uint8)
+                scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
+                warm = Pixelizer(spec, backend=backend)
+                warm.release(scratch)
+                warm.release(scratch)
+                break
+            except Exception:
+                self.log.debug("camera %s: warm-up with %s failed", self.camera_id, spec.layout, exc_info=True)
+        self._dp_ready.set()
 
     def _limit_dp_threads(self) -> None:
         if not self._dp_threads:

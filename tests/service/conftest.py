@@ -122,10 +122,12 @@ def dp_warm() -> None:
     from dp import Pixelizer, PixelizeSpec
 
     for channels in (1, 3):
-        frame = np.zeros((48, 64, channels), np.uint8)
+        frame = np.zeros((64, 64, channels), np.uint8)
         frame.flags.writeable = False  # decoded frames are read-only arrays: numba compiles that signature
-        px = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=channels), backend="auto")
-        px.release(frame, camera_id="warm", frame_index=0, timestamp_s=0.0)
+        for layout in ("fixed", "previous"):  # previous: the camera default, adaptive from its 2nd release
+            px = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=channels, layout=layout), backend="auto")
+            for i in range(2):
+                px.release(frame, camera_id="warm", frame_index=i, timestamp_s=0.0)
 
 
 @pytest.fixture

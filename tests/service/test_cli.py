@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from dp import Release
 from service.cli import app
-from tests.service.conftest import free_port, wait_for
+from service.keys import Keys
+from tests.service.conftest import free_port, start_valkey, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,8 +58,9 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
                DPSTREAM_RTSP_PORT=str(rtsp_port), PYTHONUNBUFFERED="1")
     out_path = tmp_path / "up.log"
     with open(out_path, "wb") as out:
+        # its own process group, like a shell job: Ctrl-C below goes to the whole group, as a terminal sends it
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(api_port)], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0)
         try:
             token = wait_for(lambda: (m := re.search(r"(dps_[A-Za-z0-9_-]+)", out_path.read_text())) and m.group(1),
                              timeout_s=30, what="the admin token printed")
@@ -88,7 +91,7 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             frames = list(iter_frames(status["private_rtsp"], max_frames=2, first_frame_timeout_s=20))
             assert [f.array.shape for f in frames] == [(240, 320, 3)] * 2
 
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
             assert proc.wait(timeout=30) == 0
         finally:
             if proc.poll() is None:
@@ -97,4 +100,14 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
     for port in (api_port, valkey_port, rtsp_port):
         assert not port_open(port), port
     assert list((tmp_path / "var" / "valkey").rglob("*.aof")), "append-only files under DPSTREAM_DATA"
-    assert "stopping" in out_path.read_text()
+    log = out_path.read_text()
+    assert "stopping" in log and "Traceback" not in log, log[-3000:]
+    # The embedded Valkey is outside the terminal's process group, so it outlived the worker's last writes:
+    # the worker handed the demo camera's lease back (10 s TTL) and saved the camera's ledger on the way out.
+    server = start_valkey(tmp_path / "var" / "valkey")
+    try:
+        r = redis.Redis(port=server.port)
+        assert not r.exists(Keys("dpstream").lease("demo")), "the lease was handed back before the store stopped"
+        assert r.zcard(Keys("dpstream").workers) == 0, "the worker left the worker set before the store stopped"
+    finally:
+        server.stop()

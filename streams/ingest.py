@@ -103,7 +103,7 @@ def _file_decoder_threads() -> int:
     previous frame's rows, so with exactly one per core (libav's choice) a core taken by the release
     stalls the chain; a spare thread keeps both cores decoding (+13% for the full path at 1080p on
     2 cores). Files only: every frame thread delays output by one frame, which a live camera would feel
-    as latency (and GStreamer decodes live streams with slice threads anyway)."""
+    as latency."""
     return (os.cpu_count() or 1) + 1
 
 

@@ -580,20 +580,24 @@ class CameraWorker:
         frame of 2x2 macro-blocks; a spec that frame cannot serve (an operator's layout map) falls back to
         fixed 16 px cells, which load the kernels every layout shares.
         """
-        backend = self._pixelizer.backend
-        side = 2 * max(self._spec.block_size, 16)
-        for spec in (self._spec, PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)):
-            try:
-                shape = (side * 3 // 2, side) if self._color == "yuv420" else (side, side, self._channels)
-                scratch = np.zeros(shape, dtype=np.uint8)
-                scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
-                warm = Pixelizer(spec, backend=backend)
-                warm.release(scratch)
-                warm.release(scratch)
-                break
-            except Exception:
-                self.log.debug("camera %s: warm-up with %s failed", self.camera_id, spec.layout, exc_info=True)
-        self._dp_ready.set()
+        try:
+            backend = self._pixelizer.backend
+            side = 2 * max(self._spec.block_size, 16)
+            shape = (side * 3 // 2, side) if self._color == "yuv420" else (side, side, self._channels)
+            scratch = np.zeros(shape, dtype=np.uint8)
+            scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
+            fallback = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)
+            for spec in (self._spec, fallback):
+                try:
+                    warm = Pixelizer(spec, backend=backend)
+                    warm.release(scratch)
+                    warm.release(scratch)
+                    break
+                except Exception:
+                    self.log.debug("camera %s: warm-up (%s layout) failed", self.camera_id, spec.layout,
+                                   exc_info=True)
+        finally:
+            self._dp_ready.set()  # the supervisor connects once this is set, warm or not
 
     def _limit_dp_threads(self) -> None:
         if not self._dp_threads:

@@ -462,6 +462,19 @@ def _band_rows(codes, sizes, by, block):
     return g
 
 
+@numba.njit(inline="always")
+def _band_block(codes, sizes, offsets, channels, block, width, by, bx, y0, ya):
+    """Macro-block bx of row by, seen from the band starting at pixel row ya (block row starts at y0): its
+    first column xk, width bw, cell size b, cells per row ncx, and the index (in cells, not means) of its
+    first cell in the band. Cell cx then spans columns xk + cx*b .. min(xk + (cx+1)*b, xk + bw)."""
+    xk = bx * block
+    bw = min(block, width - xk)
+    b = sizes[codes[by, bx]]
+    ncx = (bw + b - 1) // b
+    first = offsets[by * codes.shape[1] + bx] // channels + ((ya - y0) // b) * ncx
+    return xk, bw, b, ncx, first
+
+
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def reconstruct(means, codes, sizes, block, offsets, out):
     """Fill every cell of `out` (HxWxC) with its released mean: per band of cell rows, one template row
@@ -478,16 +491,11 @@ def reconstruct(means, codes, sizes, block, offsets, out):
             ya = y0 + band * g
             yb = min(ya + g, y0 + bh)
             for bx in range(n_bx):
-                xk = bx * block
-                bw = min(block, width - xk)
-                b = sizes[codes[by, bx]]
-                ncx = (bw + b - 1) // b
-                cy = (ya - y0) // b
-                base = offsets[by * n_bx + bx] + cy * ncx * channels
+                xk, bw, b, ncx, first = _band_block(codes, sizes, offsets, channels, block, width, by, bx, y0, ya)
                 for cx in range(ncx):
                     xa = xk + cx * b
                     xe = min(xa + b, xk + bw)
-                    idx = base + cx * channels
+                    idx = (first + cx) * channels
                     for x in range(xa, xe):
                         for c in range(channels):
                             top[x * channels + c] = means[idx + c]
@@ -549,15 +557,11 @@ def reconstruct_i420(means, codes, sizes, block, offsets, height, width, yuv_mea
             ya = y0 + band * g
             yb = min(ya + g, y0 + bh)
             for bx in range(n_bx):
-                xk = bx * block
-                bw = min(block, width - xk)
-                b = sizes[codes[by, bx]]
-                ncx = (bw + b - 1) // b
-                base = offsets[by * n_bx + bx] // 3 + ((ya - y0) // b) * ncx
+                xk, bw, b, ncx, first = _band_block(codes, sizes, offsets, 3, block, width, by, bx, y0, ya)
                 for cx in range(ncx):
                     xa = xk + cx * b
                     xe = min(xa + b, xk + bw)
-                    k = base + cx
+                    k = first + cx
                     for x in range(xa, xe):
                         ty[x] = ycell[k]
                     for x in range((xa + 1) // 2, (xe + 1) // 2):

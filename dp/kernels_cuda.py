@@ -47,16 +47,13 @@ def noise_kernel(key, domain, zero_threshold, table, n_digits, out):
         out[i + 1] = laplace_from_block(w, 8, zero_threshold, table, n_digits)
 
 
-@cuda.jit
-def release_kernel(frame, codes, sizes, block, offsets, noise, out):
+@cuda.jit(device=True)
+def _macro_block_sums(codes, sizes, offsets, block, height, width, channels, sums):
+    """This thread block's macro-block: its origin (y0, x0), size (bh, bw), cell size b, cells per row
+    ncx, n_sums = cells x channels and the index of its first mean (base), with those shared sums zeroed
+    before any thread adds into them."""
     bx = cuda.blockIdx.x
     by = cuda.blockIdx.y
-    tid = cuda.threadIdx.x
-    height = frame.shape[0]
-    width = frame.shape[1]
-    channels = frame.shape[2]
-    n_bx = codes.shape[1]
-    sums = cuda.shared.array(MAX_SHARED_SUMS, int32)
     y0 = by * block
     x0 = bx * block
     bh = min(block, height - y0)
@@ -64,9 +61,19 @@ def release_kernel(frame, codes, sizes, block, offsets, noise, out):
     b = sizes[codes[by, bx]]
     ncx = (bw + b - 1) // b
     n_sums = ((bh + b - 1) // b) * ncx * channels
-    for i in range(tid, n_sums, THREADS):
+    for i in range(cuda.threadIdx.x, n_sums, THREADS):
         sums[i] = 0
-    cuda.syncthreads()  # zeroed before any thread adds into it
+    cuda.syncthreads()
+    return y0, x0, bh, bw, b, ncx, n_sums, offsets[by * codes.shape[1] + bx]
+
+
+@cuda.jit
+def release_kernel(frame, codes, sizes, block, offsets, noise, out):
+    tid = cuda.threadIdx.x
+    channels = frame.shape[2]
+    sums = cuda.shared.array(MAX_SHARED_SUMS, int32)
+    y0, x0, bh, bw, b, ncx, n_sums, base = _macro_block_sums(codes, sizes, offsets, block, frame.shape[0],
+                                                             frame.shape[1], channels, sums)
     for p in range(tid, bh * bw, THREADS):
         y = p // bw
         x = p - y * bw
@@ -74,7 +81,6 @@ def release_kernel(frame, codes, sizes, block, offsets, noise, out):
         for c in range(channels):
             cuda.atomic.add(sums, cell * channels + c, int32(frame[y0 + y, x0 + x, c]))
     cuda.syncthreads()  # every pixel is in its cell sum before any mean is finalised
-    base = offsets[by * n_bx + bx]
     for i in range(tid, n_sums, THREADS):
         cell = i // channels
         cy = cell // ncx
@@ -88,24 +94,13 @@ def release_kernel_i420(frame, height, width, codes, sizes, block, offsets, nois
     """release_kernel for a color='yuv420' frame: `frame` is the flat I420 buffer (Y, then U and V at
     H/2 x W/2), H, W and every cell size even. Cell k's (Y, U, V) sums: its luma samples, and the chroma
     samples of its 2x2 blocks, as dp.kernels_cpu.release_means_i420 adds them."""
-    bx = cuda.blockIdx.x
-    by = cuda.blockIdx.y
     tid = cuda.threadIdx.x
-    n_bx = codes.shape[1]
     wc = width // 2
     u_base = height * width
     v_base = u_base + (height // 2) * wc
     sums = cuda.shared.array(MAX_SHARED_SUMS, int32)
-    y0 = by * block
-    x0 = bx * block
-    bh = min(block, height - y0)
-    bw = min(block, width - x0)
-    b = sizes[codes[by, bx]]
-    ncx = (bw + b - 1) // b
-    n_sums = ((bh + b - 1) // b) * ncx * 3
-    for i in range(tid, n_sums, THREADS):
-        sums[i] = 0
-    cuda.syncthreads()  # zeroed before any thread adds into it
+    y0, x0, bh, bw, b, ncx, n_sums, base = _macro_block_sums(codes, sizes, offsets, block, height, width, 3,
+                                                             sums)
     for p in range(tid, bh * bw, THREADS):
         y = p // bw
         x = p - y * bw
@@ -120,7 +115,6 @@ def release_kernel_i420(frame, height, width, codes, sizes, block, offsets, nois
         cuda.atomic.add(sums, cell * 3 + 1, int32(frame[u_base + at]))
         cuda.atomic.add(sums, cell * 3 + 2, int32(frame[v_base + at]))
     cuda.syncthreads()  # every sample is in its cell sum before any mean is finalised
-    base = offsets[by * n_bx + bx]
     for i in range(tid, n_sums, THREADS):
         cell = i // 3
         cy = cell // ncx

@@ -257,9 +257,9 @@ def _run_end(codes, by, bx, samples_per_block):
 
 @numba.njit(inline="always")
 def _cell_sum1(acc, xa, xe):
-    """sum(acc[xa:xe]) in uint32 (a cell row of at most 32 counters of at most 255 * 32 each). The common
-    full cells have a constant trip count, which LLVM turns into a few vector adds; a loop of unknown
-    length 8 or 16 stays scalar."""
+    """sum(acc[xa:xe]) in uint32: a cell row holds at most 1024 counters of at most 255 * 1024 each (the
+    spec's largest cell), under 2^28. The common full cells have a constant trip count, which LLVM turns
+    into a few vector adds; a loop of unknown length 8 or 16 stays scalar."""
     s = np.uint32(0)
     w = xe - xa
     if w == 16:

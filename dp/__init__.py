@@ -5,6 +5,7 @@
     rel = px.release(frame)        # eps_frame-DP for frames differing in at most m_pixels positions
 """
 
+from dp.color import rgb_to_i420
 from dp.errors import (
     BackendUnavailable,
     BudgetExhausted,
@@ -34,4 +35,5 @@ __all__ = [
     "Release",
     "ReleaseFormatError",
     "StoreUnavailable",
+    "rgb_to_i420",
 ]

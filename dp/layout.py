@@ -10,6 +10,10 @@ estimated squared error per pixel and channel:
 
 where `g2` is a squared gradient per pixel read from already-private data: the previous release
 (`previous`) or this frame's noisy complexity (`private`). Nothing here reads raw pixels.
+
+For `color="yuv420"` the noise term is multiplied by `noise_error_factor("yuv420")` (about 30): a chroma
+mean averages a quarter as many samples as the luma mean (16x the variance), and the BT.601 conversion
+the picture is seen through amplifies chroma errors. Both terms are then in luma units (g2 reads luma).
 """
 
 from __future__ import annotations
@@ -69,11 +73,30 @@ def map_codes(grid: Grid, spec: PixelizeSpec) -> np.ndarray:
     return np.vectorize(lookup.__getitem__, otypes=[np.uint8])(arr)
 
 
+# Release.reconstruct shows (Y, U, V) means as RGB through BT.601 limited range (kernels_cpu.yuv_means_to_rgb,
+# coefficients in 1/256): R = 298 Y' + 409 V', G = 298 Y' - 100 U' - 208 V', B = 298 Y' + 516 U'.
+_W_Y = 298.0**2
+_W_U = (100.0**2 + 516.0**2) / 3.0  # per RGB channel, on average
+_W_V = (409.0**2 + 208.0**2) / 3.0
+
+
+def noise_error_factor(color: str) -> float:
+    """The squared error the noise puts into the seen picture, over that of one mean of b x b samples.
+
+    RGB (and grey): 1, every channel's mean averages b^2 pixels. yuv420: the U and V means average
+    (b/2)^2 samples, so 16x the variance of the Y mean, and each RGB channel of the picture mixes Y, U and V
+    with the BT.601 weights; in luma units that is 1 + 16 (w_U + w_V) / w_Y, about 30.
+    """
+    if color == "yuv420":
+        return 1.0 + 16.0 * (_W_U + _W_V) / _W_Y
+    return 1.0
+
+
 def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:
     """Per block, the code of the cell size minimising estimated detail loss plus noise variance."""
     sizes = np.asarray(spec.cell_sizes, dtype=np.float64)
     t = float(spec.noise_scale)
-    noise = 2.0 * t * t / sizes**4
+    noise = noise_error_factor(spec.color) * 2.0 * t * t / sizes**4
     detail = spec.detail_gain * np.maximum(g2, 0.0)[..., None] * (sizes**2 - 1.0)
     return np.argmin(detail + noise, axis=-1).astype(np.uint8)
 

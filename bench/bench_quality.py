@@ -5,7 +5,11 @@ For each (eps, m_pixels): fixed 4/8/16/32 px cells with eps_pix = eps; `previous
 (previous mode after two warm-up releases). Images: Grace Hopper's portrait (shipped with matplotlib) and a
 camera-like synthetic 1080p scene. Writes a table and, with --plot, a PNG.
 
-    python bench/bench_quality.py [--frames 4] [--plot docs/img/adaptive_quality.png] [--json OUT]
+`--color yuv420` releases the images' I420 (`dp.rgb_to_i420`, what a decoder delivers) and measures the
+reconstructed RGB picture against the RGB image, so the two colour modes' tables compare directly.
+
+    python bench/bench_quality.py [--frames 4] [--color rgb|yuv420] [--plot docs/img/adaptive_quality.png]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dp import Pixelizer, PixelizeSpec  # noqa: E402
+from dp import Pixelizer, PixelizeSpec, rgb_to_i420  # noqa: E402
 
 SETTINGS = [(16.0, 1), (4.0, 1), (1.0, 1), (4.0, 4), (1.0, 4), (4.0, 16), (1.0, 16), (0.25, 16)]
 
@@ -37,9 +41,10 @@ def images() -> dict[str, np.ndarray]:
 
 def psnr(spec: PixelizeSpec, img: np.ndarray, frames: int) -> float:
     px = Pixelizer(spec, backend="cpu")
-    px.release(img)
-    px.release(img)
-    mse = np.mean([np.mean((px.release(img).reconstruct().astype(np.float64) - img) ** 2) for _ in range(frames)])
+    frame = rgb_to_i420(img) if spec.color == "yuv420" else img
+    px.release(frame)
+    px.release(frame)
+    mse = np.mean([np.mean((px.release(frame).reconstruct().astype(np.float64) - img) ** 2) for _ in range(frames)])
     return float(10 * np.log10(255.0**2 / mse))
 
 
@@ -48,23 +53,25 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--color", choices=("rgb", "yuv420"), default="rgb")
     args = ap.parse_args()
+    color = args.color
     results = []
     for name, img in images().items():
         print(f"\n{name}: PSNR dB (higher is better)")
         print(f"  {'eps':>5s} {'m':>3s} " + " ".join(f"{'fixed ' + str(b):>9s}" for b in (4, 8, 16, 32))
               + f" {'previous':>9s} {'private':>9s} {'prev - best fixed':>18s}")
         for eps, m in SETTINGS:
-            fixed = {b: psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, cell_size=b), img, args.frames)
+            fixed = {b: psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, cell_size=b, color=color), img, args.frames)
                      for b in (4, 8, 16, 32)}
-            prev = psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, layout="previous"), img, args.frames)
-            priv = psnr(PixelizeSpec(eps_pix=0.9 * eps, eps_layout=0.1 * eps, m_pixels=m, layout="private"),
-                        img, args.frames)
+            prev = psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, layout="previous", color=color), img, args.frames)
+            priv = psnr(PixelizeSpec(eps_pix=0.9 * eps, eps_layout=0.1 * eps, m_pixels=m, layout="private",
+                                     color=color), img, args.frames)
             best = max(fixed.values())
             print(f"  {eps:5g} {m:3d} " + " ".join(f"{v:9.2f}" for v in fixed.values())
                   + f" {prev:9.2f} {priv:9.2f} {prev - best:+18.2f}")
-            results.append({"image": name, "eps": eps, "m_pixels": m, "fixed": fixed, "previous": prev,
-                            "private": priv})
+            results.append({"image": name, "color": color, "eps": eps, "m_pixels": m, "fixed": fixed,
+                            "previous": prev, "private": priv})
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
@@ -89,7 +96,8 @@ def main() -> int:
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel("PSNR (dB), higher is better")
         np.atleast_1d(axes)[0].legend(fontsize=8)
-        fig.suptitle("Adaptive layouts against every fixed cell size, same total budget per frame")
+        fig.suptitle("Adaptive layouts against every fixed cell size, same total budget per frame"
+                     + (" (I420 releases, seen as RGB)" if color == "yuv420" else ""))
         fig.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         fig.savefig(args.plot, dpi=110)

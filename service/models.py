@@ -39,7 +39,8 @@ class CameraSettings(Model):
     color: Literal["rgb", "yuv420"] = Field(
         default="rgb",
         description="rgb, or yuv420: release the decoder's planar YUV 4:2:0 as it is (no colour conversion; "
-        "the same guarantee; needs channels 3, even cell sizes and even frame sizes).",
+        "the same guarantee, noisier colour: chroma means average a quarter of the samples; needs channels 3, "
+        "even cell sizes and even frame sizes).",
     )
     eps_pix: float = Field(
         default=1.0, gt=0, le=1e4,

@@ -154,6 +154,15 @@ def main() -> int:
                      == gpu.release(i420, key=key, frame_index=i, timestamp_s=0.0).to_bytes() for i in range(2))
             results["parity"][f"{res} yuv420 {name}"] = bool(ok)
             print(f"parity {res:6s} yuv420 {name:11s} {'identical' if ok else 'DIFFERENT'}", flush=True)
+        # RGB releases of the same I420 frame (what RGB cameras ingest: i420=)
+        for name in ("fixed-16", "previous"):
+            spec = specs(h, w)[name]
+            cpu, gpu = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cuda")
+            ok = all(cpu.release(i420, key=key, frame_index=i, timestamp_s=0.0, i420="bt709").to_bytes()
+                     == gpu.release(i420, key=key, frame_index=i, timestamp_s=0.0, i420="bt709").to_bytes()
+                     for i in range(2))
+            results["parity"][f"{res} rgb-from-i420 {name}"] = bool(ok)
+            print(f"parity {res:6s} rgb<-i420 {name:9s} {'identical' if ok else 'DIFFERENT'}", flush=True)
 
     # 2. frame-resident kernel time vs copy bandwidth
     bw = copy_bandwidth_gbs(1 << 16 if args.small else 1 << 30)

@@ -8,7 +8,68 @@ from __future__ import annotations
 
 import numpy as np
 
-from dp.errors import FrameError
+from dp.errors import ConfigError, FrameError
+
+# (Kr, Kb) of the Y'CbCr matrices a decoder may report (GStreamer's GstVideoColorMatrix names)
+YUV_MATRICES: dict[str, tuple[float, float]] = {
+    "bt601": (0.299, 0.114),
+    "bt709": (0.2126, 0.0722),
+    "bt2020": (0.2627, 0.0593),
+    "smpte240m": (0.212, 0.087),
+    "fcc": (0.30, 0.11),
+}
+
+
+def yuv_to_rgb_coefficients(colorimetry: str) -> np.ndarray:
+    """The integer Y'CbCr -> RGB rule for `colorimetry` ("bt709", "bt601", "bt2020", "smpte240m", "fcc";
+    a "-full" suffix for full range, else video range 16..235): int32 (y_offset, cy, cr_r, cb_g, cr_g, cb_b)
+    in 1/256 units, for R = (cy (Y - y_offset) + cr_r V' + 128) >> 8, G = (cy (Y - y_offset) - cb_g U'
+    - cr_g V' + 128) >> 8, B = (cy (Y - y_offset) + cb_b U' + 128) >> 8, with U' = U - 128, V' = V - 128,
+    clipped to 0..255. Video-range BT.601 gives 298, 409, 100, 208, 516: the rule `Release.reconstruct`
+    uses for yuv420 releases."""
+    name, _, rng = str(colorimetry).partition("-")
+    if name not in YUV_MATRICES or rng not in ("", "full"):
+        raise ConfigError(
+            f"colorimetry {colorimetry!r} is unknown; use one of {', '.join(YUV_MATRICES)}, optionally with '-full'"
+        )
+    kr, kb = YUV_MATRICES[name]
+    kg = 1.0 - kr - kb
+    full = rng == "full"
+    y_scale, c_scale = (1.0, 1.0) if full else (255.0 / 219.0, 255.0 / 224.0)
+    coef = [
+        0 if full else 16,
+        y_scale,
+        2 * (1 - kr) * c_scale,
+        2 * (1 - kb) * kb / kg * c_scale,
+        2 * (1 - kr) * kr / kg * c_scale,
+        2 * (1 - kb) * c_scale,
+    ]
+    return np.array([coef[0]] + [round(256 * v) for v in coef[1:]], dtype=np.int32)
+
+
+def i420_to_rgb(frame: np.ndarray, colorimetry: str) -> np.ndarray:
+    """The RGB picture (H x W x 3 uint8) of an I420 frame ((3H/2) x W, H and W even), each pixel with the
+    chroma of its 2x2 block and `colorimetry`'s integer rule (yuv_to_rgb_coefficients). This is the picture
+    `Pixelizer.release(frame, i420=colorimetry)` releases."""
+    from dp.kernels_cpu import i420_to_rgb as kernel
+
+    arr = _checked_i420(frame)
+    h, w = arr.shape[0] * 2 // 3, arr.shape[1]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    kernel(arr, h, w, yuv_to_rgb_coefficients(colorimetry), out)
+    return out
+
+
+def _checked_i420(frame) -> np.ndarray:
+    arr = np.asarray(frame)
+    rows = arr.shape[0] if arr.ndim == 2 else 0
+    if arr.dtype != np.uint8 or arr.ndim != 2 or rows < 3 or rows % 3 or (rows * 2 // 3) % 2 or arr.shape[1] % 2 \
+            or arr.shape[1] < 2:
+        raise FrameError(
+            f"frame is {arr.dtype} {arr.shape}; an I420 frame is uint8 of shape (3H/2, W) with H and W even "
+            "(Y rows, then U and V)"
+        )
+    return np.ascontiguousarray(arr)
 
 
 def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:

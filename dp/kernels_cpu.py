@@ -594,6 +594,45 @@ def yuv_means_to_rgb(means, out):
         out[3 * k + 2] = min(max((298 * c + 516 * d + 128) >> 8, 0), 255)
 
 
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
+def i420_to_rgb(frame, height, width, conv, out):
+    """The RGB picture (H x W x 3) of an I420 frame ((3H/2) x W, H and W even): pixel (y, x) converts
+    (luma[y, x], U and V at (y // 2, x // 2)) with conv = (y_offset, cy, cr_r, cb_g, cr_g, cb_b) in 1/256
+    units, rounded and clipped (dp.color.i420_to_rgb). Per chroma row, its terms are spread
+    over both columns first: a load at x // 2 in the pixel loop would keep LLVM from vectorizing it."""
+    hc = height // 2
+    wc = width // 2
+    chroma = frame[height:].reshape(2 * hc, wc)
+    y_offset, cy, cr_r, cb_g, cr_g, cb_b = conv[0], conv[1], conv[2], conv[3], conv[4], conv[5]
+    flat = out.reshape(height, width * 3)
+    for yc in prange(hc):
+        t_r = np.empty(width, dtype=np.int32)
+        t_g = np.empty(width, dtype=np.int32)
+        t_b = np.empty(width, dtype=np.int32)
+        urow = chroma[yc]
+        vrow = chroma[hc + yc]
+        for j in range(wc):
+            d = np.int32(urow[j]) - 128
+            e = np.int32(vrow[j]) - 128
+            tr = cr_r * e + 128
+            tg = 128 - cb_g * d - cr_g * e
+            tb = cb_b * d + 128
+            t_r[2 * j] = tr
+            t_r[2 * j + 1] = tr
+            t_g[2 * j] = tg
+            t_g[2 * j + 1] = tg
+            t_b[2 * j] = tb
+            t_b[2 * j + 1] = tb
+        for y in range(2 * yc, 2 * yc + 2):
+            row = frame[y]
+            orow = flat[y]
+            for x in range(width):
+                c = (np.int32(row[x]) - y_offset) * cy
+                orow[3 * x] = min(max((c + t_r[x]) >> 8, 0), 255)
+                orow[3 * x + 1] = min(max((c + t_g[x]) >> 8, 0), 255)
+                orow[3 * x + 2] = min(max((c + t_b[x]) >> 8, 0), 255)
+
+
 @numba.njit(cache=_CACHE, nogil=True)
 def release_block_stats(means, codes, sizes, block, offsets, height, width, channels, cell_var_num):
     """Statistics of a release, per macro-block, for the `previous` layout rule.

@@ -117,7 +117,8 @@ def register(app: typer.Typer) -> None:
         gray: bool = typer.Option(False, "--gray", help="Release one grey channel instead of RGB."),
         yuv: bool = typer.Option(
             False, "--yuv", help="Video and RTSP: release the decoder's YUV 4:2:0 as it is (no RGB conversion; "
-            "faster, same guarantee; even cell sizes)."),
+            "faster, same guarantee, noisier colour: chroma means average a quarter of the samples; even cell "
+            "sizes)."),
         backend: Backend = typer.Option(Backend.auto, help="auto | cpu | cuda."),
         stats: str | None = typer.Option(None, help="Also write every release (compact noisy statistics) here."),
         frames: int | None = typer.Option(None, min=1, help="Stop after N frames."),
@@ -235,6 +236,7 @@ def register(app: typer.Typer) -> None:
 def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):
     from service.statsfile import StatsWriter
     from streams.files import iter_frames
+    from streams.frame import i420_for, pixel_format_for
 
     writer = None
     stats_writer = StatsWriter(stats) if stats else None
@@ -245,13 +247,13 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
         with _progress(max_frames) as progress:
             task = progress.add_task(f"pixelizing {_display(input)}", total=max_frames, rate="")
             frames = iter_frames(input, max_frames=max_frames, duration_s=duration_s, channels=spec.channels,
-                                 pixel_format="i420" if spec.color == "yuv420" else "rgb")
+                                 pixel_format=pixel_format_for(spec.color, spec.channels))
             for frame in frames:
                 # the ledger is checked before every release, the first included; a refused frame repeats
                 # the last release (free post-processing)
                 if ledger is None or ledger.try_spend(frame.pts_s, spec.eps_frame):
                     last = px.release(frame.array, camera_id=Path(str(input)).stem, frame_index=frame.index,
-                                      timestamp_s=frame.timestamp_s)
+                                      timestamp_s=frame.timestamp_s, i420=i420_for(frame, spec.color))
                     released += 1
                     if stats_writer is not None:
                         stats_writer.write(last)

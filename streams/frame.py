@@ -27,6 +27,7 @@ class Frame:
     array: np.ndarray
     pts_s: float = 0.0
     pixel_format: str = "rgb"  # "rgb" (HxWx3), "gray" (HxWx1) or "i420" ((3H/2) x W)
+    colorimetry: str | None = None  # i420 frames: how their samples become RGB ("bt709", "bt601-full", ...)
 
     @property
     def height(self) -> int:
@@ -59,3 +60,19 @@ class Frame:
             f"Frame(index={self.index}, timestamp_s={self.timestamp_s:.3f}, "
             f"shape={self.height}x{self.width}x{self.channels})"
         )
+
+
+def pixel_format_for(color: str, channels: int) -> str:
+    """The :class:`streams.ingest.FrameSource` ``pixel_format`` that serves a ``dp.PixelizeSpec`` of this
+    colour and channel count: the decoder's I420 as it is for ``yuv420``; ``"auto"`` for RGB (I420 frames,
+    which dp turns into RGB in one vectorized pass, cheaper than GStreamer's conversion and half the bytes
+    out of the pipeline); grey frames for one channel."""
+    if color == "yuv420":
+        return "i420"
+    return "auto" if channels == 3 else "rgb"
+
+
+def i420_for(frame: Frame, color: str) -> str | None:
+    """The ``i420=`` argument of ``dp.Pixelizer.release`` for this frame under a spec of colour ``color``:
+    the frame's colorimetry when an RGB spec gets an I420 frame, else None."""
+    return frame.colorimetry if frame.pixel_format == "i420" and color == "rgb" else None

@@ -119,32 +119,88 @@ def _mapped_bytes(buf: Gst.Buffer) -> bytes:
         buf.unmap(info)
 
 
-def _i420_to_array(buf: Gst.Buffer, caps: Gst.Caps) -> np.ndarray:
-    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (one copy out of GStreamer; a second
-    only when its planes are padded)."""
-    structure = caps.get_structure(0)
-    width = structure.get_value("width")
-    height = structure.get_value("height")
-    if width % 2 or height % 2:
-        raise IngestError(f"a {width}x{height} stream cannot be read as I420 here (odd size); use RGB frames")
+# GStreamer's Y'CbCr matrices, as dp.color names them (dp.color.yuv_to_rgb_coefficients)
+_MATRICES = {
+    GstVideo.VideoColorMatrix.BT601: "bt601",
+    GstVideo.VideoColorMatrix.BT709: "bt709",
+    GstVideo.VideoColorMatrix.BT2020: "bt2020",
+    GstVideo.VideoColorMatrix.SMPTE240M: "smpte240m",
+    GstVideo.VideoColorMatrix.FCC: "fcc",
+}
+
+
+@dataclass(frozen=True)
+class _I420Geometry:
+    """What one set of I420 caps says about its buffers (parsed once per caps, not per frame)."""
+
+    width: int
+    height: int
+    strides: tuple[int, int, int]
+    offsets: tuple[int, int, int]
+    colorimetry: str  # "bt709", "bt601-full", ...: the rule that turns these samples into RGB
+
+    @classmethod
+    def from_caps(cls, caps: Gst.Caps) -> _I420Geometry:
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        if info is None:
+            raise IngestError("the decoder delivered frames with caps GStreamer cannot describe")
+        # caps without colorimetry get GStreamer's default for their size (BT.709 from HD up, else BT.601)
+        matrix = _MATRICES.get(info.colorimetry.matrix, "bt709" if info.height >= 720 else "bt601")
+        full = info.colorimetry.range == getattr(GstVideo.VideoColorRange, "0_255")
+        return cls(int(info.width), int(info.height), tuple(int(v) for v in info.stride[:3]),
+                   tuple(int(v) for v in info.offset[:3]), matrix + ("-full" if full else ""))
+
+
+def _i420_planes(buf: Gst.Buffer, geo: _I420Geometry) -> tuple[np.ndarray, tuple, tuple]:
+    """The buffer's bytes (one copy out of GStreamer) and its planes' strides and offsets."""
     meta = GstVideo.buffer_get_video_meta(buf)
     if meta is not None:
-        strides = [int(meta.stride[i]) for i in range(3)]
-        offsets = [int(meta.offset[i]) for i in range(3)]
+        strides = tuple(int(meta.stride[i]) for i in range(3))
+        offsets = tuple(int(meta.offset[i]) for i in range(3))
     else:  # GStreamer's default packing for these caps
-        info = GstVideo.VideoInfo.new_from_caps(caps)
-        strides, offsets = [int(v) for v in info.stride[:3]], [int(v) for v in info.offset[:3]]
-    flat = np.frombuffer(_mapped_bytes(buf), dtype=np.uint8)
+        strides, offsets = geo.strides, geo.offsets
+    return np.frombuffer(_mapped_bytes(buf), dtype=np.uint8), strides, offsets
+
+
+def _plane(flat: np.ndarray, offset: int, stride: int, rows: int, cols: int) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=(rows, cols), strides=(stride, 1))
+
+
+def _i420_to_array(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
+    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (one copy out of GStreamer; a second
+    only when its planes are padded)."""
+    width, height = geo.width, geo.height
+    if width % 2 or height % 2:
+        raise IngestError(f"a {width}x{height} stream cannot be read as I420 here (odd size); use RGB frames")
+    flat, strides, offsets = _i420_planes(buf, geo)
     hc, wc = height // 2, width // 2
-    if strides == [width, wc, wc] and offsets == [0, width * height, width * height + wc * hc]:
+    if strides == (width, wc, wc) and offsets == (0, width * height, width * height + wc * hc):
         return flat[: width * height * 3 // 2].reshape(height * 3 // 2, width)
     out = np.empty(width * height * 3 // 2, dtype=np.uint8)
     pos = 0
     for (rows, cols), stride, offset in zip(((height, width), (hc, wc), (hc, wc)), strides, offsets, strict=True):
-        plane = np.lib.stride_tricks.as_strided(flat[offset:], shape=(rows, cols), strides=(stride, 1))
-        out[pos: pos + rows * cols] = plane.ravel()
+        out[pos: pos + rows * cols].reshape(rows, cols)[:] = _plane(flat, offset, stride, rows, cols)
         pos += rows * cols
     out = out.reshape(height * 3 // 2, width)
+    out.flags.writeable = False
+    return out
+
+
+def _odd_i420_to_rgb(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
+    """The RGB picture of an odd-sized I420 buffer (chroma planes of ceil(H/2) x ceil(W/2)), with the rule of
+    dp.color.i420_to_rgb; numpy, for the rare streams whose frames dp cannot take as I420."""
+    from dp.color import yuv_to_rgb_coefficients
+
+    width, height = geo.width, geo.height
+    hc, wc = (height + 1) // 2, (width + 1) // 2
+    flat, strides, offsets = _i420_planes(buf, geo)
+    y_offset, cy, cr_r, cb_g, cr_g, cb_b = (int(v) for v in yuv_to_rgb_coefficients(geo.colorimetry))
+    luma = (_plane(flat, offsets[0], strides[0], height, width).astype(np.int32) - y_offset) * cy
+    u, v = (_plane(flat, offsets[i], strides[i], hc, wc).astype(np.int32) - 128 for i in (1, 2))
+    u = u.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
+    v = v.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
+    rgb = np.stack([luma + cr_r * v + 128, luma + 128 - cb_g * u - cr_g * v, luma + cb_b * u + 128], axis=-1)
+    out = np.clip(rgb >> 8, 0, 255).astype(np.uint8)
     out.flags.writeable = False
     return out
 
@@ -175,9 +231,11 @@ class FrameSource:
     Args:
         uri: ``rtsp://``/``rtsps://`` URL, video file path or ``test:<pattern>[?width=&height=&fps=&live=]``.
         channels: 3 for RGB, 1 for grey (GStreamer delivers luma directly, no RGB round trip).
-        pixel_format: ``"rgb"`` (HxWxC frames, the default) or ``"i420"``: the decoder's planar YUV 4:2:0
+        pixel_format: ``"rgb"`` (HxWxC frames, the default), ``"i420"``: the decoder's planar YUV 4:2:0
             as it is, a (3H/2) x W frame for ``dp.PixelizeSpec(color="yuv420")`` (no colour conversion at
-            all; channels must be 3; even frame sizes).
+            all; channels must be 3; even frame sizes), or ``"auto"``: those I420 frames with their
+            ``colorimetry``, for an RGB ``dp.Pixelizer`` to release with ``i420=frame.colorimetry`` (it converts
+            them to RGB itself, cheaper than videoconvert), and RGB frames when the size is odd.
         transport: ``"tcp"`` or ``"udp"`` for RTSP.
         latency_ms: RTSP jitter-buffer latency.
         realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
@@ -215,8 +273,8 @@ class FrameSource:
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"channels={channels!r}: use 3 (RGB) or 1 (grey)")
-        if pixel_format not in ("rgb", "i420") or (pixel_format == "i420" and channels != 3):
-            raise ConfigError(f"pixel_format={pixel_format!r}: use 'rgb', or 'i420' with channels=3")
+        if pixel_format not in ("rgb", "i420", "auto") or (pixel_format != "rgb" and channels != 3):
+            raise ConfigError(f"pixel_format={pixel_format!r}: use 'rgb', or 'i420' or 'auto' with channels=3")
         if transport not in TRANSPORTS:
             raise ConfigError(f"transport={transport!r}: use 'tcp' or 'udp'")
         if latency_ms < 0:
@@ -232,7 +290,7 @@ class FrameSource:
         self._wall_clock = self.spec.is_live or realtime
         threads = convert_threads or (os.cpu_count() or 1)
         self.pipeline = parse_pipeline(
-            decode_description(self.spec, channels=channels, convert_threads=threads, i420=pixel_format == "i420")
+            decode_description(self.spec, channels=channels, convert_threads=threads, i420=pixel_format != "rgb")
         )
         src = self.pipeline.get_by_name("src")
         if self.spec.kind == "rtsp":
@@ -259,6 +317,7 @@ class FrameSource:
         self._thread_name = thread_name
         self._puller: threading.Thread | None = None
         self._index = 0
+        self._geometry: tuple[Gst.Caps, _I420Geometry] | None = None
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -300,15 +359,23 @@ class FrameSource:
     def _sample_to_frame(self, sample: Gst.Sample) -> Frame:
         buf = sample.get_buffer()
         caps = sample.get_caps()
-        if self.pixel_format == "i420":
-            array, fmt = _i420_to_array(buf, caps), "i420"
+        colorimetry = None
+        if self.pixel_format != "rgb":
+            if self._geometry is None or not self._geometry[0].is_equal(caps):
+                self._geometry = (caps, _I420Geometry.from_caps(caps))
+            geo = self._geometry[1]
+            if self.pixel_format == "auto" and (geo.width % 2 or geo.height % 2):
+                array, fmt = _odd_i420_to_rgb(buf, geo), "rgb"
+            else:
+                array, fmt, colorimetry = _i420_to_array(buf, geo), "i420", geo.colorimetry
         else:
             array, fmt = _buffer_to_array(buf, caps, self.channels), "rgb" if self.channels == 3 else "gray"
         pts_s = buf.pts / Gst.SECOND if buf.pts != Gst.CLOCK_TIME_NONE else 0.0
         timestamp_s = self._capture_time_s(sample, buf) if self._wall_clock else pts_s
         index = self._index
         self._index += 1
-        frame = Frame(index=index, timestamp_s=timestamp_s, array=array, pts_s=pts_s, pixel_format=fmt)
+        frame = Frame(index=index, timestamp_s=timestamp_s, array=array, pts_s=pts_s, pixel_format=fmt,
+                      colorimetry=colorimetry)
         self.last_caps = (frame.width, frame.height)
         return frame
 
@@ -416,7 +483,8 @@ def iter_frames(
     pattern never ends on its own: give ``max_frames`` or ``duration_s``.
 
     Every frame is an HxWx3 RGB (or HxWx1 grey with ``channels=1``, or the (3H/2) x W planar YUV 4:2:0 of
-    the decoder with ``pixel_format="i420"``) read-only uint8 array. Raises
+    the decoder with ``pixel_format="i420"``, or either with ``"auto"``: see :class:`FrameSource`) read-only
+    uint8 array. Raises
     :class:`dp.ConfigError` for a malformed URI and :class:`dp.IngestError` when the source cannot be opened,
     fails while decoding, or delivers nothing for ``stall_timeout_s`` (``first_frame_timeout_s`` for the
     first frame). The pipeline is back in NULL when the generator is exhausted or closed.

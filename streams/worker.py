@@ -57,7 +57,7 @@ import numpy as np
 from dp import Ledger, Pixelizer, PixelizeSpec, Release
 from dp.errors import ConfigError, DpstreamError
 
-from .frame import Frame
+from .frame import Frame, i420_for, pixel_format_for
 from .health import CameraHealth, HealthState, HealthTracker
 from .ingest import FrameSource
 from .redact import redact_text, redact_url, url_secrets
@@ -479,7 +479,7 @@ class CameraWorker:
             source = FrameSource(
                 self._uri,
                 channels=self._channels,
-                pixel_format="i420" if self._color == "yuv420" else "rgb",
+                pixel_format=pixel_format_for(self._color, self._channels),
                 transport=self._transport,
                 latency_ms=self._latency_ms,
                 realtime=self._realtime,
@@ -583,15 +583,18 @@ class CameraWorker:
         try:
             backend = self._pixelizer.backend
             side = 2 * max(self._spec.block_size, 16)
-            shape = (side * 3 // 2, side) if self._color == "yuv420" else (side, side, self._channels)
+            # frames arrive as the pipeline delivers them: I420 for yuv420, and for RGB too (summed as RGB)
+            i420 = "bt709" if pixel_format_for(self._color, self._channels) == "auto" else None
+            planar = self._color == "yuv420" or i420 is not None
+            shape = (side * 3 // 2, side) if planar else (side, side, self._channels)
             scratch = np.zeros(shape, dtype=np.uint8)
             scratch.flags.writeable = False  # decoded frames are read-only: compile that signature
             fallback = PixelizeSpec(eps_pix=1.0, channels=self._channels, cell_size=16, color=self._color)
             for spec in (self._spec, fallback):
                 try:
                     warm = Pixelizer(spec, backend=backend)
-                    warm.release(scratch)
-                    warm.release(scratch)
+                    warm.release(scratch, i420=i420)
+                    warm.release(scratch, i420=i420)
                     break
                 except Exception:
                     self.log.debug("camera %s: warm-up (%s layout) failed", self.camera_id, spec.layout,
@@ -644,7 +647,8 @@ class CameraWorker:
         self._last_ledger_t = ledger_t
         try:
             release = self._pixelizer.release(
-                frame.array, camera_id=self.camera_id, frame_index=frame.index, timestamp_s=t_s
+                frame.array, camera_id=self.camera_id, frame_index=frame.index, timestamp_s=t_s,
+                i420=i420_for(frame, self._color),
             )
         except DpstreamError as exc:
             self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, exc)

@@ -38,16 +38,20 @@ COMPARE = textwrap.dedent(
         "yuv420-previous-32": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="previous", color="yuv420"),
         "yuv420-private-16": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="private", eps_layout=1.0,
                                           block_size=16, cell_sizes=(4, 8, 16), color="yuv420"),
+        # an RGB spec given I420 frames (i420=): both backends release the frames' RGB picture
+        "rgb-from-i420-fixed-7": PixelizeSpec(eps_pix=1.0, m_pixels=2, cell_size=7),
+        "rgb-from-i420-previous-32": PixelizeSpec(eps_pix=3.0, m_pixels=1, layout="previous"),
     }
     he, we = h - h % 2, w - w % 2  # I420 frames have even sides
     for name, spec in specs.items():
-        shape = (he * 3 // 2, we) if spec.color == "yuv420" else (h, w, spec.channels)
+        i420 = "bt709" if name.startswith("rgb-from-i420") else None
+        shape = (he * 3 // 2, we) if spec.color == "yuv420" or i420 else (h, w, spec.channels)
         frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
         keys = [secrets.token_bytes(32) for _ in range(2)]
         cpu, gpu = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cuda")
         for frame, key in zip(frames, keys):
-            a = cpu.release(frame, key=key, timestamp_s=1.0)
-            b = gpu.release(frame, key=key, timestamp_s=1.0)
+            a = cpu.release(frame, key=key, timestamp_s=1.0, i420=i420)
+            b = gpu.release(frame, key=key, timestamp_s=1.0, i420=i420)
             assert a.to_bytes() == b.to_bytes(), name
     print("identical")
     """

@@ -43,6 +43,27 @@ def test_i420_frames_are_the_decoders_planes_as_they_are(clip):
         list(iter_frames(clip, max_frames=1, channels=1, pixel_format="i420"))
 
 
+def test_auto_frames_are_i420_with_their_colorimetry_and_the_rgb_picture_gstreamer_shows(clip):
+    """pixel_format='auto' (what RGB cameras ingest): the decoder's I420 with the colorimetry its caps
+    state, whose RGB picture (dp.color.i420_to_rgb, the picture an RGB release sums) is what videoconvert
+    delivers to within rounding; odd-sized frames, which dp cannot take as I420, arrive as RGB."""
+    from dp.color import i420_to_rgb
+
+    auto = list(iter_frames(clip, max_frames=3, pixel_format="auto"))
+    rgb = list(iter_frames(clip, max_frames=3))
+    for f, g in zip(auto, rgb, strict=True):
+        assert (f.pixel_format, f.colorimetry, f.array.shape) == ("i420", "bt601", (360, 320))
+        diff = np.abs(i420_to_rgb(f.array, f.colorimetry).astype(int) - g.array.astype(int))
+        assert diff.mean() < 3.0, diff.mean()  # videoconvert interpolates chroma; we repeat it
+    hd = list(iter_frames("test:smpte?width=1280&height=720", max_frames=1, pixel_format="auto"))[0]
+    assert hd.colorimetry == "bt709"  # GStreamer's default for HD sizes
+    odd_source = "test:ball?width=162&height=121"
+    odd = list(iter_frames(odd_source, max_frames=2, pixel_format="auto"))[-1]
+    ref = list(iter_frames(odd_source, max_frames=2))[-1]
+    assert (odd.pixel_format, odd.colorimetry, odd.array.shape) == ("rgb", None, (121, 162, 3))
+    assert np.abs(odd.array.astype(int) - ref.array.astype(int)).mean() < 3.0
+
+
 def _decoder_threads(source) -> list[int]:
     found = []
     it = source.pipeline.iterate_recurse()

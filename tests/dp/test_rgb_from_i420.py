@@ -1,0 +1,84 @@
+"""RGB releases of a decoder's I420 frames: `Pixelizer.release(frame, i420=colorimetry)` releases the RGB
+picture of the frame (dp.color.i420_to_rgb): the same bytes as releasing that picture."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+
+from dp import ConfigError, FrameError, Pixelizer, PixelizeSpec
+from dp.color import YUV_MATRICES, i420_to_rgb, yuv_to_rgb_coefficients
+
+SPECS = {
+    "fixed-5": PixelizeSpec(eps_pix=2.0, m_pixels=1, cell_size=5),  # odd cells: pairs of chroma split
+    "fixed-16": PixelizeSpec(eps_pix=2.0, m_pixels=1, cell_size=16),
+    "map": PixelizeSpec(eps_pix=2.0, m_pixels=1, layout="map", block_size=16, cell_sizes=(2, 4, 8, 16),
+                        layout_map=[[(2, 4, 8, 16)[(i + j) % 4] for j in range(4)] for i in range(3)]),
+    "previous": PixelizeSpec(eps_pix=50.0, m_pixels=1, layout="previous", block_size=16, cell_sizes=(2, 4, 8, 16)),
+    "private": PixelizeSpec(eps_pix=2.0, m_pixels=1, layout="private", eps_layout=0.5),
+}
+
+
+@pytest.mark.parametrize("colorimetry", ["bt709", "bt601-full", "bt2020"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_release_of_an_i420_frame_is_the_release_of_its_rgb_picture(name, colorimetry, rng):
+    spec = SPECS[name]
+    h, w = (38, 54) if name != "map" else (40, 64)  # partial blocks and cells on two borders
+    fused, plain = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cpu")
+    for index in range(3):  # previous: the second and third frames take their layout from a release
+        frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+        key = secrets.token_bytes(32)
+        a = fused.release(frame, key=key, frame_index=index, timestamp_s=1.0, i420=colorimetry)
+        b = plain.release(i420_to_rgb(frame, colorimetry), key=key, frame_index=index, timestamp_s=1.0)
+        assert a.to_bytes() == b.to_bytes()
+        assert a.color == "rgb" and (a.height, a.width, a.channels) == (h, w, 3)
+
+
+# published BT.601 and BT.709 video-range conversion factors (Y scale; V to R; U to G; V to G; U to B)
+PUBLISHED = {"bt601": (1.164, 1.596, 0.392, 0.813, 2.017), "bt709": (1.164, 1.793, 0.213, 0.533, 2.112)}
+
+
+@pytest.mark.parametrize("matrix", list(PUBLISHED))
+def test_the_integer_rule_is_the_published_matrix(matrix):
+    coef = yuv_to_rgb_coefficients(matrix)
+    assert coef[0] == 16
+    assert np.allclose(coef[1:] / 256.0, PUBLISHED[matrix], atol=0.003)
+    # video-range BT.601 is the rule Release.reconstruct shows yuv420 releases with
+    if matrix == "bt601":
+        assert coef[1:].tolist() == [298, 409, 100, 208, 516]
+
+
+@pytest.mark.parametrize("colorimetry", [m + r for m in YUV_MATRICES for r in ("", "-full")])
+def test_i420_to_rgb_is_the_exact_conversion_to_within_rounding(colorimetry, rng):
+    h, w = 6, 10
+    frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    kr, kb = YUV_MATRICES[colorimetry.split("-")[0]]
+    kg = 1 - kr - kb
+    full = colorimetry.endswith("-full")
+    y = frame[:h].astype(float) - (0 if full else 16)
+    chroma = frame[h:].reshape(h, w // 2).astype(float) - 128
+    u = chroma[: h // 2].repeat(2, 0).repeat(2, 1)
+    v = chroma[h // 2:].repeat(2, 0).repeat(2, 1)
+    ys, cs = (1.0, 1.0) if full else (255 / 219, 255 / 224)
+    exact = np.stack([ys * y + 2 * (1 - kr) * cs * v,
+                      ys * y - 2 * (1 - kb) * kb / kg * cs * u - 2 * (1 - kr) * kr / kg * cs * v,
+                      ys * y + 2 * (1 - kb) * cs * u], axis=-1)
+    got = i420_to_rgb(frame, colorimetry).astype(float)
+    # 8 fractional bits: within 1.5 levels of the exact value before clipping, for any input
+    assert np.all(np.abs(got - np.clip(exact, 0, 255)) <= 1.5)
+
+
+def test_bad_i420_requests_are_refused(rng):
+    frame = rng.integers(0, 256, (12, 8), dtype=np.uint8)
+    with pytest.raises(ConfigError, match="colorimetry 'bt999' is unknown"):
+        Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(frame, i420="bt999")
+    with pytest.raises(ConfigError, match="I420 frames as they are"):
+        Pixelizer(PixelizeSpec(eps_pix=1.0, cell_size=4, color="yuv420"), backend="cpu").release(frame, i420="bt709")
+    with pytest.raises(ConfigError, match="channels=1"):
+        Pixelizer(PixelizeSpec(eps_pix=1.0, channels=1), backend="cpu").release(frame, i420="bt709")
+    with pytest.raises(FrameError, match="I420 frame"):
+        Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(frame[:11], i420="bt709")
+    with pytest.raises(FrameError, match="I420 frame"):
+        i420_to_rgb(np.zeros((4, 4, 3), np.uint8), "bt709")

@@ -18,8 +18,9 @@ Part 1, throughput, on one H.264 clip per resolution (the same file for every ro
 * ``full+viewer`` : the same with one RTSP viewer on the private mount (reconstruct + x264 per frame)
 * ``full yuv`` (and ``+ viewer``): the same with ``color="yuv420"``: the decoder's I420 frames are released
   as they are, with no colour conversion anywhere; compared with ``decode``
-* ``full yuv previous``: the same with the service's default camera layout (``previous``: adaptive cells
-  chosen from the previous release, no privacy cost)
+* ``full yuv previous``, ``full previous``: YUV and RGB with the service's default camera layout
+  (``previous``: adaptive cells chosen from the previous release, no privacy cost); RGB + previous is what a
+  camera created with the service's defaults runs
 
 Part 2, capacity: a server process serves the clip over RTSP (no re-encoding); N workers ingest it as N
 cameras in real time (30 fps), each releasing every frame with the same sinks as ``full``. N grows until
@@ -64,6 +65,7 @@ SPEC = PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="fixed", cell_s
 SPEC_YUV = SPEC.replace(color="yuv420")  # the decoder's I420 as it is: no colour conversion at all
 # the service's camera default: the adaptive layout read from the previous release (no privacy cost)
 SPEC_YUV_PREVIOUS = PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="previous", color="yuv420")
+SPEC_PREVIOUS = SPEC_YUV_PREVIOUS.replace(color="rgb")  # a camera created with the service's defaults
 
 
 def clip_for(name: str, frames: int) -> Path:
@@ -238,6 +240,9 @@ def throughput(name: str, frames: int) -> dict:
     prev = run_full_path(clip, frames, viewer=False, spec=SPEC_YUV_PREVIOUS)
     row["full_yuv_previous_fps"], row["full_yuv_previous_cpu_ms"] = prev["fps"], prev["cpu_ms_per_frame"]
     row["full_yuv_previous_vs_decode"] = prev["fps"] / row["decode_fps"]
+    prev_rgb = run_full_path(clip, frames, viewer=False, spec=SPEC_PREVIOUS)
+    row["full_previous_fps"], row["full_previous_cpu_ms"] = prev_rgb["fps"], prev_rgb["cpu_ms_per_frame"]
+    row["full_previous_vs_decode"] = prev_rgb["fps"] / row["decode_fps"]
     return row
 
 
@@ -334,8 +339,8 @@ def markdown(results: dict) -> str:
     ]
     if results["throughput"]:
         lines += [
-            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path RGB | RGB / decode | RGB / decode-RGB | RGB + 1 viewer | full path YUV | YUV / decode | YUV + 1 viewer | full path YUV, previous layout | previous / decode |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path RGB | RGB / decode | RGB / decode-RGB | RGB + 1 viewer | full path YUV | YUV / decode | YUV + 1 viewer | full path YUV, previous layout | YUV previous / decode | full path RGB, previous (service default) | RGB previous / decode |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         nan = float("nan")
         for r in results["throughput"]:
@@ -345,15 +350,16 @@ def markdown(results: dict) -> str:
                 f"{r['full_vs_decode_rgb']:.0%} | "
                 f"{r['full_viewer_fps']:.0f} | {r.get('full_yuv_fps', nan):.0f} | "
                 f"{r.get('full_yuv_vs_decode', nan):.0%} | {r.get('full_yuv_viewer_fps', nan):.0f} | "
-                f"{r.get('full_yuv_previous_fps', nan):.0f} | {r.get('full_yuv_previous_vs_decode', nan):.0%} |"
+                f"{r.get('full_yuv_previous_fps', nan):.0f} | {r.get('full_yuv_previous_vs_decode', nan):.0%} | "
+                f"{r.get('full_previous_fps', nan):.0f} | {r.get('full_previous_vs_decode', nan):.0%} |"
             )
         lines += [
             "",
             "CPU per frame (ms, all threads of the process; decode-only with libav's own thread count / with the "
             "full path's):",
             "",
-            "| clip | decode (I420) | full path YUV | full path YUV, previous | decode to RGB | full path RGB |",
-            "|---|---|---|---|---|---|",
+            "| clip | decode (I420) | full path YUV | full path YUV, previous | decode to RGB | full path RGB | full path RGB, previous |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in results["throughput"]:
             d, drgb = r.get("decode", {}), r.get("decode_rgb", {})
@@ -363,7 +369,8 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {r['resolution']} | {d['auto_cpu_ms']:.2f} / {d[n + '_cpu_ms']:.2f} | {r['full_yuv_cpu_ms']:.2f} | "
                 f"{r.get('full_yuv_previous_cpu_ms', nan):.2f} | "
-                f"{drgb['auto_cpu_ms']:.2f} / {drgb[n + '_cpu_ms']:.2f} | {r['full_cpu_ms']:.2f} |"
+                f"{drgb['auto_cpu_ms']:.2f} / {drgb[n + '_cpu_ms']:.2f} | {r['full_cpu_ms']:.2f} | "
+                f"{r.get('full_previous_cpu_ms', nan):.2f} |"
             )
         lines.append("")
     if results["capacity"]:

@@ -1,7 +1,9 @@
-"""RGB frames as the planar YUV 4:2:0 (I420) that `PixelizeSpec(color="yuv420")` releases.
+"""Between a decoder's planar YUV 4:2:0 (I420) and RGB.
 
-Cameras deliver I420 already (streams/ hands it over as it is); this is for RGB sources, and for measuring
-a yuv420 release against the RGB picture it came from.
+`i420_to_rgb` is the RGB picture an RGB spec releases from a decoder's I420 frame (`Pixelizer.release(frame,
+i420=colorimetry)`: cameras and video files are ingested that way), with the exact integer rule of the
+stream's colour matrix. `rgb_to_i420` goes the other way, for RGB sources given to a yuv420 spec and for
+measuring a yuv420 release against the RGB picture it came from.
 """
 
 from __future__ import annotations

@@ -116,9 +116,8 @@ def register(app: typer.Typer) -> None:
         layout_map: str | None = typer.Option(None, help="JSON grid of cell sizes per macro-block (map)."),
         gray: bool = typer.Option(False, "--gray", help="Release one grey channel instead of RGB."),
         yuv: bool = typer.Option(
-            False, "--yuv", help="Video and RTSP: release the decoder's YUV 4:2:0 as it is (no RGB conversion; "
-            "faster, same guarantee, noisier colour: chroma means average a quarter of the samples; even cell "
-            "sizes)."),
+            False, "--yuv", help="Video and RTSP: release the decoder's YUV 4:2:0 as it is (no RGB conversion, "
+            "same guarantee, noisier colour: chroma means average a quarter of the samples; even cell sizes)."),
         backend: Backend = typer.Option(Backend.auto, help="auto | cpu | cuda."),
         stats: str | None = typer.Option(None, help="Also write every release (compact noisy statistics) here."),
         frames: int | None = typer.Option(None, min=1, help="Stop after N frames."),

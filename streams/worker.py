@@ -583,7 +583,7 @@ class CameraWorker:
         try:
             backend = self._pixelizer.backend
             side = 2 * max(self._spec.block_size, 16)
-            # frames arrive as the pipeline delivers them: I420 for yuv420, and for RGB too (summed as RGB)
+            # frames arrive as the pipeline delivers them: I420 for yuv420, and for RGB too (dp converts them)
             i420 = "bt709" if pixel_format_for(self._color, self._channels) == "auto" else None
             planar = self._color == "yuv420" or i420 is not None
             shape = (side * 3 // 2, side) if planar else (side, side, self._channels)

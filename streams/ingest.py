@@ -119,14 +119,12 @@ def _mapped_bytes(buf: Gst.Buffer) -> bytes:
         buf.unmap(info)
 
 
-# GStreamer's Y'CbCr matrices, as dp.color names them (dp.color.yuv_to_rgb_coefficients)
-_MATRICES = {
-    GstVideo.VideoColorMatrix.BT601: "bt601",
-    GstVideo.VideoColorMatrix.BT709: "bt709",
-    GstVideo.VideoColorMatrix.BT2020: "bt2020",
-    GstVideo.VideoColorMatrix.SMPTE240M: "smpte240m",
-    GstVideo.VideoColorMatrix.FCC: "fcc",
-}
+def _matrix_name(matrix) -> str | None:
+    """GStreamer's Y'CbCr matrix as dp.color names it (dp.color.yuv_to_rgb_coefficients). Looked up when a
+    frame arrives, not at import: with GstVideo's enums touched at import time, dlib aborted later in the
+    test process, which imports streams while collecting (the dlib trap of attacks/dlib_model.py)."""
+    names = {"BT601": "bt601", "BT709": "bt709", "BT2020": "bt2020", "SMPTE240M": "smpte240m", "FCC": "fcc"}
+    return next((name for attr, name in names.items() if matrix == getattr(GstVideo.VideoColorMatrix, attr)), None)
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ class _I420Geometry:
         if info is None:
             raise IngestError("the decoder delivered frames with caps GStreamer cannot describe")
         # caps without colorimetry get GStreamer's default for their size (BT.709 from HD up, else BT.601)
-        matrix = _MATRICES.get(info.colorimetry.matrix, "bt709" if info.height >= 720 else "bt601")
+        matrix = _matrix_name(info.colorimetry.matrix) or ("bt709" if info.height >= 720 else "bt601")
         full = info.colorimetry.range == getattr(GstVideo.VideoColorRange, "0_255")
         return cls(int(info.width), int(info.height), tuple(int(v) for v in info.stride[:3]),
                    tuple(int(v) for v in info.offset[:3]), matrix + ("-full" if full else ""))

@@ -55,14 +55,15 @@ def i420_to_rgb(frame: np.ndarray, colorimetry: str) -> np.ndarray:
     `Pixelizer.release(frame, i420=colorimetry)` releases."""
     from dp.kernels_cpu import i420_to_rgb as kernel
 
-    arr = _checked_i420(frame)
+    arr = checked_i420(frame)
     h, w = arr.shape[0] * 2 // 3, arr.shape[1]
     out = np.empty((h, w, 3), dtype=np.uint8)
     kernel(arr, h, w, yuv_to_rgb_coefficients(colorimetry), out)
     return out
 
 
-def _checked_i420(frame) -> np.ndarray:
+def checked_i420(frame) -> np.ndarray:
+    """`frame` as a C-contiguous (3H/2) x W uint8 I420 array, H and W even; FrameError otherwise."""
     arr = np.asarray(frame)
     rows = arr.shape[0] if arr.ndim == 2 else 0
     if arr.dtype != np.uint8 or arr.ndim != 2 or rows < 3 or rows % 3 or (rows * 2 // 3) % 2 or arr.shape[1] % 2 \

@@ -19,6 +19,7 @@ the picture is seen through amplifies chroma errors. Both terms are then in luma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -73,23 +74,25 @@ def map_codes(grid: Grid, spec: PixelizeSpec) -> np.ndarray:
     return np.vectorize(lookup.__getitem__, otypes=[np.uint8])(arr)
 
 
-# Release.reconstruct shows (Y, U, V) means as RGB through BT.601 limited range (kernels_cpu.yuv_means_to_rgb,
-# coefficients in 1/256): R = 298 Y' + 409 V', G = 298 Y' - 100 U' - 208 V', B = 298 Y' + 516 U'.
-_W_Y = 298.0**2
-_W_U = (100.0**2 + 516.0**2) / 3.0  # per RGB channel, on average
-_W_V = (409.0**2 + 208.0**2) / 3.0
-
-
+@cache  # asked on every adaptive release
 def noise_error_factor(color: str) -> float:
     """The squared error the noise puts into the seen picture, over that of one mean of b x b samples.
 
     RGB (and grey): 1, every channel's mean averages b^2 pixels. yuv420: the U and V means average
     (b/2)^2 samples, so 16x the variance of the Y mean, and each RGB channel of the picture mixes Y, U and V
-    with the BT.601 weights; in luma units that is 1 + 16 (w_U + w_V) / w_Y, about 30.
+    with the BT.601 video-range weights Release.reconstruct shows them with (R = cy Y' + cr_r V',
+    G = cy Y' - cb_g U' - cr_g V', B = cy Y' + cb_b U'); in luma units that is 1 + 16 (w_U + w_V) / w_Y,
+    w the squared weights per RGB channel on average: about 30.
     """
-    if color == "yuv420":
-        return 1.0 + 16.0 * (_W_U + _W_V) / _W_Y
-    return 1.0
+    if color != "yuv420":
+        return 1.0
+    from dp.color import yuv_to_rgb_coefficients
+
+    _, cy, cr_r, cb_g, cr_g, cb_b = (float(v) for v in yuv_to_rgb_coefficients("bt601"))
+    w_y = cy**2
+    w_u = (cb_g**2 + cb_b**2) / 3.0
+    w_v = (cr_r**2 + cr_g**2) / 3.0
+    return 1.0 + 16.0 * (w_u + w_v) / w_y
 
 
 def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:

@@ -277,15 +277,12 @@ class Pixelizer:
         if frame.dtype != np.uint8:
             raise FrameError(f"frame dtype is {frame.dtype}; convert to uint8 (0..255) first")
         if spec.color == "yuv420":
-            rows = frame.shape[0] if frame.ndim == 2 else 0
-            if frame.ndim != 2 or rows < 3 or rows % 3 or (rows * 2 // 3) % 2 or frame.shape[1] % 2 or frame.shape[1] < 2:
-                raise FrameError(
-                    f"frame has shape {frame.shape}; color='yuv420' takes an I420 frame of shape (3H/2, W) with "
-                    f"H and W even (Y rows, then U and V)"
-                )
-            if rows * 2 // 3 > MAX_SIDE or frame.shape[1] > MAX_SIDE:
+            from dp.color import checked_i420
+
+            frame = checked_i420(frame)
+            if frame.shape[0] * 2 // 3 > MAX_SIDE or frame.shape[1] > MAX_SIDE:
                 raise FrameError(f"frame has shape {frame.shape}; sides above {MAX_SIDE} pixels are not supported")
-            return np.ascontiguousarray(frame)
+            return frame
         if frame.ndim == 2 and spec.channels == 1:
             frame = frame[:, :, None]
         if frame.ndim != 3:

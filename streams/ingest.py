@@ -185,20 +185,22 @@ def _i420_to_array(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
 
 
 def _odd_i420_to_rgb(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
-    """The RGB picture of an odd-sized I420 buffer (chroma planes of ceil(H/2) x ceil(W/2)), with the rule of
-    dp.color.i420_to_rgb; numpy, for the rare streams whose frames dp cannot take as I420."""
-    from dp.color import yuv_to_rgb_coefficients
+    """The RGB picture of an odd-sized I420 buffer (chroma planes of ceil(H/2) x ceil(W/2)), by
+    dp.color.i420_to_rgb: the luma's last row and column are repeated to an even size, the chroma planes
+    already fit it, and the result is cropped back. For the rare streams dp cannot take as I420."""
+    from dp.color import i420_to_rgb
 
     width, height = geo.width, geo.height
-    hc, wc = (height + 1) // 2, (width + 1) // 2
+    he, we = height + height % 2, width + width % 2
     flat, strides, offsets = _i420_planes(buf, geo)
-    y_offset, cy, cr_r, cb_g, cr_g, cb_b = (int(v) for v in yuv_to_rgb_coefficients(geo.colorimetry))
-    luma = (_plane(flat, offsets[0], strides[0], height, width).astype(np.int32) - y_offset) * cy
-    u, v = (_plane(flat, offsets[i], strides[i], hc, wc).astype(np.int32) - 128 for i in (1, 2))
-    u = u.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
-    v = v.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
-    rgb = np.stack([luma + cr_r * v + 128, luma + 128 - cb_g * u - cr_g * v, luma + cb_b * u + 128], axis=-1)
-    out = np.clip(rgb >> 8, 0, 255).astype(np.uint8)
+    packed = np.empty((he * 3 // 2, we), dtype=np.uint8)
+    packed[:height, :width] = _plane(flat, offsets[0], strides[0], height, width)
+    packed[height:he, :width] = packed[height - 1: height, :width]
+    packed[:he, width:we] = packed[:he, width - 1: width]
+    chroma = packed[he:].reshape(he, we // 2)
+    chroma[: he // 2] = _plane(flat, offsets[1], strides[1], he // 2, we // 2)
+    chroma[he // 2:] = _plane(flat, offsets[2], strides[2], he // 2, we // 2)
+    out = np.ascontiguousarray(i420_to_rgb(packed, geo.colorimetry)[:height, :width])
     out.flags.writeable = False
     return out
 

@@ -70,6 +70,8 @@ _PIXELS = cell_math.DOMAIN_PIXELS
 # loop makes the block loop non-innermost), and the key words are loaded before the loop (loads from
 # `key` inside it would need more run-time alias checks than LLVM allows).
 _U32 = np.uint32
+_I32 = np.int32
+_LITTLE_ENDIAN = np.little_endian
 
 
 @numba.njit(inline="always")
@@ -241,6 +243,7 @@ def _add_rows(flat, y_first, y_end, j0, j1, acc):
             view[j] += row[j]
 
 
+_NO_CONV = np.zeros(0, dtype=np.int32)  # _plane_row_means on a plane as it is
 _RUN_SAMPLES = 3072  # samples per run row at most: the run's row counters (6 or 12 KiB) stay in L1
 
 
@@ -278,22 +281,95 @@ def _cell_sum1(acc, xa, xe):
 
 
 @numba.njit(inline="always")
+def _chroma_terms(urow, vrow, j0, j1, conv, terms):
+    """terms[c, j] = the chroma part of channel c (R, G, B) of the two pixels at chroma column j, for
+    j0 <= j < j1, rounding bias included (int32, in 1/256 units; conv as in i420_to_rgb)."""
+    cr_r, cb_g, cr_g, cb_b = conv[2], conv[3], conv[4], conv[5]
+    u = urow[j0:j1]
+    v = vrow[j0:j1]
+    t_r = terms[0, j0:j1]
+    t_g = terms[1, j0:j1]
+    t_b = terms[2, j0:j1]
+    for j in range(j1 - j0):
+        d = _I32(_I32(u[j]) - _I32(128))
+        e = _I32(_I32(v[j]) - _I32(128))
+        t_r[j] = _I32(cr_r * e + 128)
+        t_g[j] = _I32(128 - cb_g * d - cr_g * e)
+        t_b[j] = _I32(cb_b * d + 128)
+
+
+@numba.njit(inline="always")
+def _level(c, t):
+    """One RGB sample from a luma term c and a chroma term t (int32, in 1/256 units, rounding bias in t).
+    int32 throughout: Numba widens integer arithmetic to int64, whose vector multiplies and min/max are
+    half as wide (and on Intel several times slower)."""
+    return min(max(_I32(_I32(c + t) >> _I32(8)), _I32(0)), _I32(255))
+
+
+@numba.njit(inline="always")
+def _luma_pair(pair, y_offset, cy):
+    """The luma parts (left, right) of the RGB samples of two neighbouring pixels, read as one uint16 (int32,
+    in 1/256 units, see _level). Two bytes in one load keep every loop over pixel pairs free of strided
+    loads, which LLVM does not vectorize well."""
+    lo = _I32(pair & 0xFF)
+    hi = _I32(pair >> 8)
+    if not _LITTLE_ENDIAN:
+        lo, hi = hi, lo
+    return _I32(_I32(lo - y_offset) * cy), _I32(_I32(hi - y_offset) * cy)
+
+
+@numba.njit(inline="always")
+def _add_rgb_pair_rows(pairs, chroma, y_first, y_end, j0, j1, conv, terms, acc):
+    """acc[c, j] = sum over y_first <= y < y_end of channel c of pixels 2j and 2j + 1 of row y of the RGB
+    picture of an I420 frame, pixel for pixel the picture i420_to_rgb makes, for j0 <= j < j1. `pairs` is
+    the frame's luma as uint16 pixel pairs, `chroma` its U rows then V rows. Conversion and sums stay in
+    rows of chroma width, which LLVM vectorizes, and the picture is never stored."""
+    hc = chroma.shape[0] // 2
+    y_offset, cy = conv[0], conv[1]
+    nj = j1 - j0
+    a_r, a_g, a_b = acc[0, j0:j1], acc[1, j0:j1], acc[2, j0:j1]
+    t_r, t_g, t_b = terms[0, j0:j1], terms[1, j0:j1], terms[2, j0:j1]
+    for y in range(y_first, y_end):
+        if y == y_first or y % 2 == 0:  # a chroma row serves two luma rows
+            _chroma_terms(chroma[y // 2], chroma[hc + y // 2], j0, j1, conv, terms)
+        row = pairs[y, j0:j1]
+        if y == y_first:
+            for j in range(nj):
+                c0, c1 = _luma_pair(row[j], y_offset, cy)
+                a_r[j] = _level(c0, t_r[j]) + _level(c1, t_r[j])
+                a_g[j] = _level(c0, t_g[j]) + _level(c1, t_g[j])
+                a_b[j] = _level(c0, t_b[j]) + _level(c1, t_b[j])
+        else:
+            for j in range(nj):
+                c0, c1 = _luma_pair(row[j], y_offset, cy)
+                a_r[j] += _level(c0, t_r[j]) + _level(c1, t_r[j])
+                a_g[j] += _level(c0, t_g[j]) + _level(c1, t_g[j])
+                a_b[j] += _level(c0, t_b[j]) + _level(c1, t_b[j])
+
+
+@numba.njit(inline="always")
 def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by, offsets, stride, first_channel,
-                     noise, first, acc, out):
+                     noise, first, acc, out, chroma, conv, terms):
     """The means of one macro-block row of one image plane.
 
     `flat` is the plane (height x width*channels, in the plane's own samples); the plane is the frame
     subsampled by `sub` in both directions (1: full resolution, 2: 4:2:0 chroma), so its blocks and cells
     are block/sub and size/sub samples wide. Channel c of the cell k of a block goes to
-    out[offsets[block] + k*stride + first_channel + c], with noise[that index - first].
+    out[offsets[block] + k*stride + first_channel + c], with noise[that index - first]. The row counters
+    are acc[0] (width*channels of them).
+
+    With conv (not empty), `flat` is an I420 frame's luma as uint16 pixel pairs and `chroma` its chroma
+    rows, and the plane is their RGB picture under conv (i420_to_rgb's rule; channels is 1, stride 3, every
+    cell size even): acc[c, j] counts channel c of pixels 2j and 2j + 1.
     """
+    rgb = conv.size > 0
     n_bx = codes.shape[1]
     blk = block // sub
     y0 = by * blk
     bh = min(blk, height - y0)
     bx = 0
     while bx < n_bx:
-        end = _run_end(codes, by, bx, blk * channels)
+        end = _run_end(codes, by, bx, blk * (3 if rgb else channels))
         b = sizes[codes[by, bx]] // sub
         j0 = bx * blk * channels
         j1 = min(end * blk, width) * channels
@@ -301,7 +377,11 @@ def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by
         for cy in range(ncy):
             ya = y0 + cy * b
             yb = min(ya + b, y0 + bh)
-            _add_rows(flat, ya, yb, j0, j1, acc)
+            if rgb:
+                _add_rgb_pair_rows(flat, chroma, ya, yb, j0 // 2, j1 // 2, conv, terms, acc)
+            else:
+                _add_rows(flat, ya, yb, j0, j1, acc[0])
+            row = acc[0]
             for k in range(bx, end):
                 xk = k * blk
                 bw = min(blk, width - xk)
@@ -313,24 +393,27 @@ def _plane_row_means(flat, channels, height, width, block, sizes, sub, codes, by
                     n = (yb - ya) * (xe - xa)
                     idx = base + cx * stride
                     z = idx - first
-                    if channels == 3:
+                    if rgb:
+                        for c in range(3):
+                            out[idx + c] = noisy_cell_mean(_cell_sum1(acc[c], xa // 2, xe // 2), noise[z + c], n)
+                    elif channels == 3:
                         s0 = 0
                         s1 = 0
                         s2 = 0
                         for x in range(xa, xe):
-                            s0 += acc[3 * x]
-                            s1 += acc[3 * x + 1]
-                            s2 += acc[3 * x + 2]
+                            s0 += row[3 * x]
+                            s1 += row[3 * x + 1]
+                            s2 += row[3 * x + 2]
                         out[idx] = noisy_cell_mean(s0, noise[z], n)
                         out[idx + 1] = noisy_cell_mean(s1, noise[z + 1], n)
                         out[idx + 2] = noisy_cell_mean(s2, noise[z + 2], n)
                     elif channels == 1:
-                        out[idx] = noisy_cell_mean(_cell_sum1(acc, xa, xe), noise[z], n)
+                        out[idx] = noisy_cell_mean(_cell_sum1(row, xa, xe), noise[z], n)
                     else:
                         for c in range(channels):
                             s = 0
                             for x in range(xa, xe):
-                                s += acc[x * channels + c]
+                                s += row[x * channels + c]
                             out[idx + c] = noisy_cell_mean(s, noise[z + c], n)
         bx = end
 
@@ -358,9 +441,9 @@ def release_means(frame, codes, sizes, block, offsets, key, zero_threshold, tabl
     flat = frame.reshape(height, width * channels)
     for by in prange(n_by):
         noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
-        acc = np.empty(width * channels, dtype=row_proto.dtype)
+        acc = np.empty((1, width * channels), dtype=row_proto.dtype)
         _plane_row_means(flat, channels, height, width, block, sizes, 1, codes, by, offsets, channels, 0,
-                         noise, first, acc, out)
+                         noise, first, acc, out, flat, _NO_CONV, acc)
 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
@@ -380,10 +463,33 @@ def release_means_i420(frame, height, width, codes, sizes, block, offsets, key, 
     chroma = frame[height:].reshape(2 * hc, wc)  # U rows, then V rows
     for by in prange(n_by):
         noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
-        acc = np.empty(width, dtype=row_proto.dtype)
-        _plane_row_means(luma, 1, height, width, block, sizes, 1, codes, by, offsets, 3, 0, noise, first, acc, out)
-        _plane_row_means(chroma[:hc], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 1, noise, first, acc, out)
-        _plane_row_means(chroma[hc:], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 2, noise, first, acc, out)
+        acc = np.empty((1, width), dtype=row_proto.dtype)
+        _plane_row_means(luma, 1, height, width, block, sizes, 1, codes, by, offsets, 3, 0, noise, first, acc, out,
+                         luma, _NO_CONV, acc)
+        _plane_row_means(chroma[:hc], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 1, noise, first, acc, out,
+                         luma, _NO_CONV, acc)
+        _plane_row_means(chroma[hc:], 1, hc, wc, block, sizes, 2, codes, by, offsets, 3, 2, noise, first, acc, out,
+                         luma, _NO_CONV, acc)
+
+
+@numba.njit(parallel=True, cache=_CACHE, nogil=True)
+def release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block, offsets, key, zero_threshold,
+                                table, guide, n_digits, out):
+    """release_means of the RGB picture of an I420 frame ((3H/2) x W, H and W even) under conv (see
+    i420_to_rgb), for even cell sizes, without making the picture: pixel rows are converted into planar
+    rows of counters as the sums need them, one per pixel pair and channel (int32: no narrowing to pay for
+    after the int32 conversion; a cell column of the spec's largest cells, 2 * 255 * 1024, fits). The same
+    bytes as release_means(i420_to_rgb(frame), ...)."""
+    n_by = codes.shape[0]
+    n_bx = codes.shape[1]
+    pairs = frame[:height].view(np.uint16)
+    chroma = frame[height:].reshape(height, width // 2)  # U rows, then V rows
+    for by in prange(n_by):
+        noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
+        acc = np.empty((3, width // 2), dtype=np.int32)
+        terms = np.empty((3, width // 2), dtype=np.int32)
+        _plane_row_means(pairs, 1, height, width, block, sizes, 1, codes, by, offsets, 3, 0, noise, first, acc, out,
+                         chroma, conv, terms)
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -598,39 +704,29 @@ def yuv_means_to_rgb(means, out):
 def i420_to_rgb(frame, height, width, conv, out):
     """The RGB picture (H x W x 3) of an I420 frame ((3H/2) x W, H and W even): pixel (y, x) converts
     (luma[y, x], U and V at (y // 2, x // 2)) with conv = (y_offset, cy, cr_r, cb_g, cr_g, cb_b) in 1/256
-    units, rounded and clipped (dp.color.i420_to_rgb). Per chroma row, its terms are spread
-    over both columns first: a load at x // 2 in the pixel loop would keep LLVM from vectorizing it."""
+    units, rounded and clipped (dp.color.i420_to_rgb). release_means_rgb_from_i420 sums the same picture
+    without storing it."""
     hc = height // 2
     wc = width // 2
     chroma = frame[height:].reshape(2 * hc, wc)
-    y_offset, cy, cr_r, cb_g, cr_g, cb_b = conv[0], conv[1], conv[2], conv[3], conv[4], conv[5]
+    pairs = frame[:height].view(np.uint16)
+    y_offset, cy = conv[0], conv[1]
     flat = out.reshape(height, width * 3)
     for yc in prange(hc):
-        t_r = np.empty(width, dtype=np.int32)
-        t_g = np.empty(width, dtype=np.int32)
-        t_b = np.empty(width, dtype=np.int32)
-        urow = chroma[yc]
-        vrow = chroma[hc + yc]
-        for j in range(wc):
-            d = np.int32(urow[j]) - 128
-            e = np.int32(vrow[j]) - 128
-            tr = cr_r * e + 128
-            tg = 128 - cb_g * d - cr_g * e
-            tb = cb_b * d + 128
-            t_r[2 * j] = tr
-            t_r[2 * j + 1] = tr
-            t_g[2 * j] = tg
-            t_g[2 * j + 1] = tg
-            t_b[2 * j] = tb
-            t_b[2 * j + 1] = tb
+        terms = np.empty((3, wc), dtype=np.int32)
+        _chroma_terms(chroma[yc], chroma[hc + yc], 0, wc, conv, terms)
         for y in range(2 * yc, 2 * yc + 2):
-            row = frame[y]
+            row = pairs[y]
             orow = flat[y]
-            for x in range(width):
-                c = (np.int32(row[x]) - y_offset) * cy
-                orow[3 * x] = min(max((c + t_r[x]) >> 8, 0), 255)
-                orow[3 * x + 1] = min(max((c + t_g[x]) >> 8, 0), 255)
-                orow[3 * x + 2] = min(max((c + t_b[x]) >> 8, 0), 255)
+            t_r, t_g, t_b = terms[0], terms[1], terms[2]
+            for j in range(wc):
+                c0, c1 = _luma_pair(row[j], y_offset, cy)
+                orow[6 * j] = _level(c0, t_r[j])
+                orow[6 * j + 1] = _level(c0, t_g[j])
+                orow[6 * j + 2] = _level(c0, t_b[j])
+                orow[6 * j + 3] = _level(c1, t_r[j])
+                orow[6 * j + 4] = _level(c1, t_g[j])
+                orow[6 * j + 5] = _level(c1, t_b[j])
 
 
 @numba.njit(cache=_CACHE, nogil=True)

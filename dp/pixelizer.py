@@ -55,6 +55,17 @@ class CpuBackend:
         return out
 
     @staticmethod
+    def release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block, offsets, n_means, key,
+                                    tables) -> np.ndarray:
+        """release_means of i420_to_rgb(frame) under conv, without making that picture (even cell sizes)."""
+        from dp.kernels_cpu import release_means_rgb_from_i420
+
+        out = np.empty(n_means, dtype=np.uint8)
+        release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block, offsets, key,
+                                    tables.zero_threshold, tables.digits, tables.guide, tables.n_digits, out)
+        return out
+
+    @staticmethod
     def noisy_complexity(frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
         from dp.kernels_cpu import complexity_column_proto, noisy_complexity
 
@@ -175,23 +186,30 @@ class Pixelizer:
 
         `i420="bt709"` (any `dp.color.yuv_to_rgb_coefficients` colorimetry) gives an RGB spec a decoder's
         (3H/2)xW I420 frame instead of its RGB picture: the release is that of `dp.color.i420_to_rgb(frame,
-        i420)`, converted here in one vectorized pass (cheaper than a colour conversion in the decoding
-        pipeline and half the bytes out of it).
+        i420)` (half the bytes out of the decoder, and no colour conversion in the decoding pipeline). The
+        CPU backend sums that picture as it converts, without storing it, for even cell sizes and every layout
+        but `private`, whose detail score reads the picture itself.
 
         `key` (32 bytes) makes the noise deterministic: tests only. Production never passes it.
         """
         with self._lock:
             spec = self._spec
+            conv = None  # the colour rule of an I420 frame whose RGB picture is summed as it is converted
             if i420 is not None:
                 if spec.color != "rgb" or spec.channels != 3:
                     raise ConfigError(f"i420= gives an RGB spec an I420 frame; this spec has color={spec.color!r}, "
                                       f"channels={spec.channels} (color='yuv420' takes I420 frames as they are)")
-                from dp.color import i420_to_rgb
+                from dp.color import i420_to_rgb, yuv_to_rgb_coefficients
 
-                frame = i420_to_rgb(frame, i420)
-            frame = self._checked(frame, spec)
+                # the fused kernel sums pixel pairs, so cells must not split one; the private layout's
+                # detail score reads the picture itself
+                if spec.layout == "private" or self._backend.name != "cpu" or any(s % 2 for s in spec.cell_sizes):
+                    frame = i420_to_rgb(frame, i420)
+                else:
+                    conv = yuv_to_rgb_coefficients(i420)
+            frame = self._checked(frame, spec, i420=conv is not None)
             height, width = int(frame.shape[0]), int(frame.shape[1])
-            if spec.color == "yuv420":
+            if spec.color == "yuv420" or conv is not None:
                 height = height * 2 // 3
             if frame_index is None:
                 frame_index = self._next_index
@@ -204,7 +222,11 @@ class Pixelizer:
             offsets, n_means = grid.cell_offsets(codes, sizes, spec.channels)
             if n_means >= 1 << 32:
                 raise FrameError(f"a {height}x{width} frame at these cell sizes has {n_means} means; use larger cells")
-            if spec.color == "yuv420":
+            if conv is not None:
+                means = self._backend.release_means_rgb_from_i420(device_frame, height, width, conv, codes, sizes,
+                                                                  spec.block_size, offsets, n_means, words,
+                                                                  laplace_tables(spec.noise_scale))
+            elif spec.color == "yuv420":
                 means = self._backend.release_means_i420(device_frame, height, width, codes, sizes, spec.block_size,
                                                          offsets, n_means, words, laplace_tables(spec.noise_scale))
             else:
@@ -267,7 +289,7 @@ class Pixelizer:
         )
         return lay.g2_from_release_stats(block_means, block_var, within, prev.block_size)
 
-    def _checked(self, frame, spec: PixelizeSpec):
+    def _checked(self, frame, spec: PixelizeSpec, i420: bool = False):
         if not isinstance(frame, np.ndarray):
             if self._backend.name == "cuda" and _is_device_array(frame):
                 if frame.dtype != np.uint8 or len(frame.shape) != 3 or frame.shape[2] != spec.channels:
@@ -276,7 +298,7 @@ class Pixelizer:
             raise FrameError(f"frame must be a numpy array (HxWxC uint8), got {type(frame).__name__}")
         if frame.dtype != np.uint8:
             raise FrameError(f"frame dtype is {frame.dtype}; convert to uint8 (0..255) first")
-        if spec.color == "yuv420":
+        if spec.color == "yuv420" or i420:
             from dp.color import checked_i420
 
             frame = checked_i420(frame)

@@ -24,16 +24,34 @@ SPECS = {
 @pytest.mark.parametrize("colorimetry", ["bt709", "bt601-full", "bt2020"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_release_of_an_i420_frame_is_the_release_of_its_rgb_picture(name, colorimetry, rng):
+    """Even cell sizes go through the kernel that sums the picture as it converts it (fixed-16, map,
+    previous); odd ones and the private layout convert first. Both must give the picture's release."""
     spec = SPECS[name]
     h, w = (38, 54) if name != "map" else (40, 64)  # partial blocks and cells on two borders
     fused, plain = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cpu")
     for index in range(3):  # previous: the second and third frames take their layout from a release
         frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+        if index == 2:  # decoded frames arrive read-only (bytes copied out of GStreamer)
+            frame = np.frombuffer(frame.tobytes(), dtype=np.uint8).reshape(frame.shape)
         key = secrets.token_bytes(32)
         a = fused.release(frame, key=key, frame_index=index, timestamp_s=1.0, i420=colorimetry)
         b = plain.release(i420_to_rgb(frame, colorimetry), key=key, frame_index=index, timestamp_s=1.0)
         assert a.to_bytes() == b.to_bytes()
         assert a.color == "rgb" and (a.height, a.width, a.channels) == (h, w, 3)
+
+
+@pytest.mark.parametrize("colorimetry", ["bt709", "bt601", "bt2020-full"])
+def test_i420_to_rgb_is_the_integer_rule_exactly(colorimetry, rng):
+    h, w = 10, 14
+    frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    frame[0, :4] = (0, 255, 16, 235)  # both ends of both ranges
+    y_offset, cy, cr_r, cb_g, cr_g, cb_b = yuv_to_rgb_coefficients(colorimetry).astype(np.int64)
+    c = cy * (frame[:h].astype(np.int64) - y_offset)
+    chroma = frame[h:].reshape(h, w // 2).astype(np.int64) - 128
+    d = chroma[: h // 2].repeat(2, 0).repeat(2, 1)
+    e = chroma[h // 2:].repeat(2, 0).repeat(2, 1)
+    want = np.stack([c + cr_r * e + 128, c - cb_g * d - cr_g * e + 128, c + cb_b * d + 128], axis=-1) >> 8
+    assert np.array_equal(i420_to_rgb(frame, colorimetry), np.clip(want, 0, 255).astype(np.uint8))
 
 
 # published BT.601 and BT.709 video-range conversion factors (Y scale; V to R; U to G; V to G; U to B)

@@ -3,11 +3,13 @@
 On 720p, 1080p and 4K RGB frames (a camera-like synthetic scene; noise generation included), times:
 
 * dpstream `Pixelizer.release` in fixed b=16, previous (adaptive, free) and private (adaptive, paid) modes,
-  with and without `Release.reconstruct()` (the full-resolution privatized image), and on the same scene as
-  an I420 frame with `color="yuv420"`;
+  with and without `Release.reconstruct()` (the full-resolution privatized image), on the same scene as
+  an I420 frame with `color="yuv420"`, and as an RGB release of that I420 frame (`i420=`, the path of RGB
+  cameras and of the video command);
 * the classical DP-Pix of Fan 2018 (`dp.baseline.dp_pix`: a sequential loop over cells), the same
   mechanism vectorised in numpy (float Laplace noise, *not* private-grade: a speed reference only), and
-  OpenCV's non-private pixelization (INTER_AREA down, INTER_NEAREST up);
+  OpenCV's non-private pixelization (INTER_AREA down, INTER_NEAREST up), also after its I420 to RGB
+  conversion;
 * a frame copy, the floor.
 
 Prints ratios in one run. `python bench/bench_dp.py [--repeat N] [--sizes 720p,1080p,4K] [--json OUT]`
@@ -107,6 +109,12 @@ def main() -> int:
             px = Pixelizer(spec.replace(color="yuv420"), backend="cpu")
             px.release(i420)
             t[label + " (yuv420 frame)"] = best_ms(lambda px=px: px.release(i420), args.repeat)
+        # RGB releases of that I420 frame (i420=, what RGB cameras and the video command run): the RGB picture
+        # is made (private layout) or summed as it is converted (the others) inside the timing
+        for label, spec in specs.items():
+            px = Pixelizer(spec, backend="cpu")
+            px.release(i420, i420="bt601")
+            t[label + " (I420 frame, RGB)"] = best_ms(lambda px=px: px.release(i420, i420="bt601"), args.repeat)
         t["classical DP-Pix loop"] = best_ms(lambda: dp_pix(frame, fixed), max(1, args.repeat // 5))
         scale = float(fixed.noise_scale)
         t["numpy DP-Pix (float noise)"] = best_ms(lambda: numpy_dp_pix(frame, 16, scale, rng), args.repeat)
@@ -114,6 +122,10 @@ def main() -> int:
         t["OpenCV pixelize (non-private)"] = best_ms(
             lambda: cv2.resize(cv2.resize(frame, small, interpolation=cv2.INTER_AREA), (w, h),
                                interpolation=cv2.INTER_NEAREST), args.repeat)
+        t["OpenCV I420 to RGB + pixelize"] = best_ms(
+            lambda: cv2.resize(cv2.resize(cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420), small,
+                                          interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_NEAREST),
+            args.repeat)
         t["frame copy"] = best_ms(lambda: frame.copy(), args.repeat)
         base, cv = t["classical DP-Pix loop"], t["OpenCV pixelize (non-private)"]
         print(f"\n{name} ({w}x{h} RGB), median of {args.repeat}")

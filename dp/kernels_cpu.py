@@ -507,6 +507,15 @@ def cell_offsets(codes, sizes, block, height, width, channels, out):
     return total
 
 
+_U8_ALL = np.uint8(255)
+
+
+@numba.njit(inline="always")
+def _clipped_absdiff(a, b, clip, mask):
+    """min(|a - b|, clip) & mask for uint8 a, b (max - min stays in uint8), widened to the uint16 counters."""
+    return np.uint16(min(np.uint8(max(a, b) - min(a, b)), clip) & mask)
+
+
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def noisy_complexity(frame, block, clip, noise, column_proto, out):
     """Per macro-block: sum of min(|x_p - x_q|, G) over adjacent pairs inside the block and channels, plus
@@ -533,22 +542,92 @@ def noisy_complexity(frame, block, clip, noise, column_proto, out):
         for y in range(y0, y1):
             row = flat[y]
             right = flat[y, channels:]  # the same channel one pixel right (a view from 0: vectorizes)
-            for j in range(n_cols - channels):
-                a = right[j]
-                b = row[j]
-                column[j] += min(np.uint8(max(a, b) - min(a, b)), cl) & keep[j]
-            if y + 1 < y1:
+            if y + 1 < y1:  # both pairs of each sample in one pass over the counters
                 below = flat[y + 1]
-                for j in range(n_cols):
-                    a = below[j]
-                    b = row[j]
-                    column[j] += min(np.uint8(max(a, b) - min(a, b)), cl)
+                for j in range(n_cols - channels):
+                    column[j] += _clipped_absdiff(right[j], row[j], cl, keep[j]) + _clipped_absdiff(below[j], row[j],
+                                                                                                  cl, _U8_ALL)
+                for j in range(n_cols - channels, n_cols):
+                    column[j] += _clipped_absdiff(below[j], row[j], cl, _U8_ALL)
+            else:
+                for j in range(n_cols - channels):
+                    column[j] += _clipped_absdiff(right[j], row[j], cl, keep[j])
         for bx in range(n_bx):
             acc = 0
             for j in range(bx * block * channels, min((bx + 1) * block, width) * channels):
                 acc += column[j]
             k = by * n_bx + bx
             out[k] = acc + noise[k]
+
+
+@numba.njit(inline="always")
+def _contrast(bmeans, bvar, y0, x0, y1, x1):
+    """Squared difference of two blocks' means (mean over channels) minus both means' noise variance."""
+    channels = bmeans.shape[2]
+    s = 0.0
+    for c in range(channels):
+        d = bmeans[y1, x1, c] - bmeans[y0, x0, c]
+        s = d * d if c == 0 else s + d * d
+    return s / channels - (bvar[y1, x1] + bvar[y0, x0])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def previous_g2(bmeans, bvar, within, block, out):
+    """dp.layout.g2_from_release_stats per block (out: n_by x n_bx float64): the mean contrast with the
+    neighbouring blocks (above, below, left, right: added in that order), clipped at 0, per pixel of the
+    block's area, or `within` where that is larger."""
+    n_by, n_bx = within.shape
+    for by in range(n_by):
+        for bx in range(n_bx):
+            acc = 0.0
+            cnt = 0
+            if by > 0:
+                acc += _contrast(bmeans, bvar, by - 1, bx, by, bx)
+                cnt += 1
+            if by + 1 < n_by:
+                acc += _contrast(bmeans, bvar, by, bx, by + 1, bx)
+                cnt += 1
+            if bx > 0:
+                acc += _contrast(bmeans, bvar, by, bx - 1, by, bx)
+                cnt += 1
+            if bx + 1 < n_bx:
+                acc += _contrast(bmeans, bvar, by, bx, by, bx + 1)
+                cnt += 1
+            across = max(acc / cnt, 0.0) / float(block * block) if cnt > 0 else 0.0
+            out[by, bx] = max(across, within[by, bx])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def private_g2(noisy, height, width, block, channels, t_l, log_inv_rate, out):
+    """dp.layout.g2_from_noisy_complexity per block (out: n_by x n_bx float64): the noisy score over its
+    pair-channel terms, soft-thresholded by t_l / pairs * log_inv_rate, squared; 0 for blocks without pairs."""
+    n_by, n_bx = out.shape
+    for by in range(n_by):
+        h = min(block, height - by * block)
+        for bx in range(n_bx):
+            w = min(block, width - bx * block)
+            pairs = float(channels * (h * (w - 1) + w * (h - 1)))
+            if pairs > 0:
+                shrunk = max(noisy[by * n_bx + bx] / pairs - (t_l / pairs) * log_inv_rate, 0.0)
+                out[by, bx] = shrunk * shrunk
+            else:
+                out[by, bx] = 0.0
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def argmin_error(g2, detail_gain, size_terms, noise_terms, out):
+    """out[k] = the first i minimising detail_gain * max(g2[k], 0) * size_terms[i] + noise_terms[i]: the code
+    dp.layout.choose_codes picks (flat arrays)."""
+    for k in range(g2.size):
+        g = detail_gain * max(g2[k], 0.0)
+        best = 0
+        best_err = g * size_terms[0] + noise_terms[0]
+        for i in range(1, size_terms.size):
+            err = g * size_terms[i] + noise_terms[i]
+            if err < best_err:
+                best = i
+                best_err = err
+        out[k] = best
 
 
 def complexity_column_proto(block: int) -> np.ndarray:

@@ -96,12 +96,17 @@ def noise_error_factor(color: str) -> float:
 
 
 def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:
-    """Per block, the code of the cell size minimising estimated detail loss plus noise variance."""
+    """Per block, the code of the cell size minimising estimated detail loss plus noise variance:
+    detail_gain * g2 * (b^2 - 1) + factor * 2 t^2 / b^4 (the first size on a tie)."""
+    from dp.kernels_cpu import argmin_error
+
     sizes = np.asarray(spec.cell_sizes, dtype=np.float64)
     t = float(spec.noise_scale)
     noise = noise_error_factor(spec.color) * 2.0 * t * t / sizes**4
-    detail = spec.detail_gain * np.maximum(g2, 0.0)[..., None] * (sizes**2 - 1.0)
-    return np.argmin(detail + noise, axis=-1).astype(np.uint8)
+    g2 = np.ascontiguousarray(g2, dtype=np.float64)
+    out = np.empty(g2.shape, dtype=np.uint8)
+    argmin_error(g2.reshape(-1), float(spec.detail_gain), sizes**2 - 1.0, noise, out.reshape(-1))
+    return out
 
 
 def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: PixelizeSpec) -> np.ndarray:
@@ -111,15 +116,12 @@ def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: Pix
     soft-thresholded by that scale times ln(1/FALSE_DETAIL_RATE) before squaring, so a flat block looks
     detailed (and gets small, noisy cells) with probability below FALSE_DETAIL_RATE. Post-processing only.
     """
-    hb, wb = grid.block_dims()
-    h = hb[:, None].astype(np.float64)
-    w = wb[None, :].astype(np.float64)
-    pairs = spec.score_channels * (h * (w - 1) + w * (h - 1))
-    t_l = float(spec.layout_noise_scale)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = noisy_numerators.reshape(grid.shape) / pairs
-        shrunk = np.maximum(c - (t_l / pairs) * np.log(1.0 / FALSE_DETAIL_RATE), 0.0)
-    return np.where(pairs > 0, shrunk * shrunk, 0.0)
+    from dp.kernels_cpu import private_g2
+
+    out = np.empty(grid.shape, dtype=np.float64)
+    private_g2(np.ascontiguousarray(noisy_numerators, dtype=np.int64).reshape(-1), grid.height, grid.width, grid.block,
+               spec.score_channels, float(spec.layout_noise_scale), float(np.log(1.0 / FALSE_DETAIL_RATE)), out)
+    return out
 
 
 def g2_from_release_stats(
@@ -132,20 +134,9 @@ def g2_from_release_stats(
     means (every layout gives one per block: a common scale), sees structure again; noise variance is
     subtracted so a noisy flat area does not look detailed. The larger of the two readings is used.
     """
-    n_by, n_bx, _ = block_means.shape
-    acc = np.zeros((n_by, n_bx))
-    cnt = np.zeros((n_by, n_bx))
-    # vertical neighbours (axis 0), then horizontal (axis 1); each pair counts for both blocks
-    for d, v, a, b in (
-        (block_means[1:] - block_means[:-1], block_mean_var[1:] + block_mean_var[:-1],
-         (slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-        (block_means[:, 1:] - block_means[:, :-1], block_mean_var[:, 1:] + block_mean_var[:, :-1],
-         (slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-    ):
-        sq = (d * d).mean(axis=-1) - v
-        for sl in (a, b):
-            acc[sl] += sq
-            cnt[sl] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        across = np.where(cnt > 0, np.maximum(acc / np.maximum(cnt, 1), 0.0) / float(block * block), 0.0)
-    return np.maximum(across, within_g2)
+    from dp.kernels_cpu import previous_g2
+
+    out = np.empty(within_g2.shape, dtype=np.float64)
+    previous_g2(np.ascontiguousarray(block_means, dtype=np.float64), np.ascontiguousarray(block_mean_var, dtype=np.float64),
+                np.ascontiguousarray(within_g2, dtype=np.float64), int(block), out)
+    return out

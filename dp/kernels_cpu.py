@@ -545,8 +545,8 @@ def noisy_complexity(frame, block, clip, noise, column_proto, out):
             if y + 1 < y1:  # both pairs of each sample in one pass over the counters
                 below = flat[y + 1]
                 for j in range(n_cols - channels):
-                    column[j] += _clipped_absdiff(right[j], row[j], cl, keep[j]) + _clipped_absdiff(below[j], row[j],
-                                                                                                  cl, _U8_ALL)
+                    across = _clipped_absdiff(right[j], row[j], cl, keep[j])
+                    column[j] += across + _clipped_absdiff(below[j], row[j], cl, _U8_ALL)
                 for j in range(n_cols - channels, n_cols):
                     column[j] += _clipped_absdiff(below[j], row[j], cl, _U8_ALL)
             else:

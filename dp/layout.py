@@ -119,8 +119,9 @@ def g2_from_noisy_complexity(noisy_numerators: np.ndarray, grid: Grid, spec: Pix
     from dp.kernels_cpu import private_g2
 
     out = np.empty(grid.shape, dtype=np.float64)
-    private_g2(np.ascontiguousarray(noisy_numerators, dtype=np.int64).reshape(-1), grid.height, grid.width, grid.block,
-               spec.score_channels, float(spec.layout_noise_scale), float(np.log(1.0 / FALSE_DETAIL_RATE)), out)
+    noisy = np.ascontiguousarray(noisy_numerators, dtype=np.int64).reshape(-1)
+    private_g2(noisy, grid.height, grid.width, grid.block, spec.score_channels, float(spec.layout_noise_scale),
+               float(np.log(1.0 / FALSE_DETAIL_RATE)), out)
     return out
 
 
@@ -137,6 +138,7 @@ def g2_from_release_stats(
     from dp.kernels_cpu import previous_g2
 
     out = np.empty(within_g2.shape, dtype=np.float64)
-    previous_g2(np.ascontiguousarray(block_means, dtype=np.float64), np.ascontiguousarray(block_mean_var, dtype=np.float64),
-                np.ascontiguousarray(within_g2, dtype=np.float64), int(block), out)
+    as_f64 = np.ascontiguousarray
+    previous_g2(as_f64(block_means, dtype=np.float64), as_f64(block_mean_var, dtype=np.float64),
+                as_f64(within_g2, dtype=np.float64), int(block), out)
     return out

@@ -2,7 +2,8 @@
 
 `i420_to_rgb` is the RGB picture an RGB spec releases from a decoder's I420 frame (`Pixelizer.release(frame,
 i420=colorimetry)`: cameras and video files are ingested that way), with the exact integer rule of the
-stream's colour matrix. `rgb_to_i420` goes the other way, for RGB sources given to a yuv420 spec and for
+stream's colour matrix (the CPU release sums that picture without making it: kernels_cpu's
+release_means_rgb_from_i420). `rgb_to_i420` goes the other way, for RGB sources given to a yuv420 spec and for
 measuring a yuv420 release against the RGB picture it came from.
 """
 

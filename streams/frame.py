@@ -65,7 +65,7 @@ class Frame:
 def pixel_format_for(color: str, channels: int) -> str:
     """The :class:`streams.ingest.FrameSource` ``pixel_format`` that serves a ``dp.PixelizeSpec`` of this
     colour and channel count: the decoder's I420 as it is for ``yuv420``; ``"auto"`` for RGB (I420 frames,
-    which dp turns into RGB in one vectorized pass, cheaper than GStreamer's conversion and half the bytes
+    whose RGB picture dp sums as it converts them, cheaper than GStreamer's conversion and half the bytes
     out of the pipeline); grey frames for one channel."""
     if color == "yuv420":
         return "i420"

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from dp import Ledger, Pixelizer, PixelizeSpec  # noqa: E402
 from streams import EncoderSettings, iter_frames, make_test_clip  # noqa: E402
+from streams.frame import pixel_format_for  # noqa: E402
 from streams.gst import Gst, ensure_init, parse_pipeline, shutdown_pipeline  # noqa: E402
 from streams.rtsp_server import LocalRtspServer  # noqa: E402
 from streams.testing import ServerProcess, free_port, wait_for  # noqa: E402
@@ -136,12 +137,16 @@ class StoreCallback:
 
 
 def _load_kernels(spec) -> None:
-    """Load dp's kernels for `spec` (read-only frames, as decoded) before a timed run: Numba loads each one
-    from its cache on first use, a one-off of about 0.3 s that would otherwise land inside the timing."""
-    shape = (48, 32) if spec.color == "yuv420" else (32, 32, spec.channels)
+    """Load dp's kernels for `spec` before a timed run, on frames as the worker gets them (read-only, and I420
+    for RGB specs too: dp converts them): Numba loads each one from its cache on first use (about 0.3 s) and
+    compiles it on a fresh checkout (seconds), which would otherwise land inside the timing."""
+    i420 = "bt709" if pixel_format_for(spec.color, spec.channels) == "auto" else None
+    shape = (48, 32) if spec.color == "yuv420" or i420 else (32, 32, spec.channels)
     scratch = np.zeros(shape, np.uint8)
     scratch.flags.writeable = False
-    Pixelizer(spec, backend="cpu").release(scratch).to_bytes()
+    px = Pixelizer(spec, backend="cpu")
+    for _ in range(2):  # the second release takes an adaptive layout's path from the first
+        px.release(scratch, i420=i420).to_bytes()
 
 
 def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:

@@ -100,3 +100,26 @@ def test_bad_i420_requests_are_refused(rng):
         Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(frame[:11], i420="bt709")
     with pytest.raises(FrameError, match="I420 frame"):
         i420_to_rgb(np.zeros((4, 4, 3), np.uint8), "bt709")
+
+
+def test_the_fused_release_matches_on_random_shapes_and_even_cells(rng):
+    """Frames of any even size (down to 2x2) and any even cell sizes: partial cells on both borders, runs of
+    blocks with one cell size, cells as large as the frame."""
+    for _ in range(40):
+        h, w = (2 * int(v) for v in rng.integers(1, 70, 2))
+        if rng.random() < 0.5:
+            spec = PixelizeSpec(eps_pix=4.0, m_pixels=1, cell_size=2 * int(rng.integers(1, 40)))
+        else:
+            block = int(rng.choice([8, 16, 32, 64]))
+            sizes = tuple(sorted({int(s) for s in rng.choice([s for s in (2, 4, 8, 16, 32, 64) if block % s == 0],
+                                                              size=3)}))
+            spec = PixelizeSpec(eps_pix=float(rng.choice([2.0, 200.0])), m_pixels=1, layout="previous",
+                                block_size=block, cell_sizes=sizes, cell_size=sizes[-1])
+        fused, plain = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cpu")
+        colorimetry = str(rng.choice(["bt709", "bt601", "bt2020-full"]))
+        for index in range(2):
+            frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+            key = secrets.token_bytes(32)
+            a = fused.release(frame, key=key, frame_index=index, timestamp_s=1.0, i420=colorimetry)
+            b = plain.release(i420_to_rgb(frame, colorimetry), key=key, frame_index=index, timestamp_s=1.0)
+            assert a.to_bytes() == b.to_bytes(), (h, w, spec)

@@ -33,6 +33,7 @@ from dp.errors import ConfigError, IngestError
 
 from .frame import Frame
 from .gst import Gio, GLib, Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
+from .mapped import read_view
 from .redact import redact_text, url_secrets
 from .sources import TRANSPORTS, SourceSpec, decode_description, parse_source
 
@@ -107,18 +108,6 @@ def _file_decoder_threads() -> int:
     return (os.cpu_count() or 1) + 1
 
 
-def _mapped_bytes(buf: Gst.Buffer) -> bytes:
-    # one copy out of GStreamer's memory into read-only bytes; map().data copies at memcpy speed, while
-    # extract_dup goes through PyGObject's per-element array marshalling (4.7 ms against 0.1 ms at 1080p)
-    ok, info = buf.map(Gst.MapFlags.READ)
-    if not ok:
-        raise IngestError("could not map a decoded frame's memory")
-    try:
-        return info.data
-    finally:
-        buf.unmap(info)
-
-
 def _matrix_name(matrix) -> str | None:
     """GStreamer's Y'CbCr matrix as dp.color names it (dp.color.yuv_to_rgb_coefficients). Looked up when a
     frame arrives, not at import: with GstVideo's enums touched at import time, dlib aborted later in the
@@ -150,14 +139,15 @@ class _I420Geometry:
 
 
 def _i420_planes(buf: Gst.Buffer, geo: _I420Geometry) -> tuple[np.ndarray, tuple, tuple]:
-    """The buffer's bytes (one copy out of GStreamer) and its planes' strides and offsets."""
+    """The buffer's bytes (a read-only view of GStreamer's memory, streams.mapped) and its planes' strides
+    and offsets."""
     meta = GstVideo.buffer_get_video_meta(buf)
     if meta is not None:
         strides = tuple(int(meta.stride[i]) for i in range(3))
         offsets = tuple(int(meta.offset[i]) for i in range(3))
     else:  # GStreamer's default packing for these caps
         strides, offsets = geo.strides, geo.offsets
-    return np.frombuffer(_mapped_bytes(buf), dtype=np.uint8), strides, offsets
+    return read_view(buf), strides, offsets
 
 
 def _plane(flat: np.ndarray, offset: int, stride: int, rows: int, cols: int) -> np.ndarray:
@@ -165,8 +155,8 @@ def _plane(flat: np.ndarray, offset: int, stride: int, rows: int, cols: int) -> 
 
 
 def _i420_to_array(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
-    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (one copy out of GStreamer; a second
-    only when its planes are padded)."""
+    """The (3H/2) x W array of an I420 buffer: packed Y, U, V planes (a view of the decoder's memory; a
+    copy only when its planes are padded)."""
     width, height = geo.width, geo.height
     if width % 2 or height % 2:
         raise IngestError(f"a {width}x{height} stream cannot be read as I420 here (odd size); use RGB frames")
@@ -215,7 +205,7 @@ def _buffer_to_array(buf: Gst.Buffer, caps: Gst.Caps, channels: int) -> np.ndarr
     else:
         # GStreamer's default packing: rows aligned to 4 bytes.
         stride, offset = (width * channels + 3) & ~3, 0
-    flat = np.frombuffer(_mapped_bytes(buf), dtype=np.uint8)
+    flat = read_view(buf)
     row_bytes = width * channels
     if stride == row_bytes and offset == 0:
         return flat[: height * row_bytes].reshape(height, width, channels)
@@ -484,7 +474,9 @@ def iter_frames(
 
     Every frame is an HxWx3 RGB (or HxWx1 grey with ``channels=1``, or the (3H/2) x W planar YUV 4:2:0 of
     the decoder with ``pixel_format="i420"``, or either with ``"auto"``: see :class:`FrameSource`) read-only
-    uint8 array. Raises
+    uint8 array: a view of the decoder's own buffer (:mod:`streams.mapped`), which stays valid, and out of
+    the decoder's pool, for as long as the array lives, also after the pipeline is gone (a consumer that keeps
+    many frames should keep ``np.array(frame.array)`` copies). Raises
     :class:`dp.ConfigError` for a malformed URI and :class:`dp.IngestError` when the source cannot be opened,
     fails while decoding, or delivers nothing for ``stall_timeout_s`` (``first_frame_timeout_s`` for the
     first frame). The pipeline is back in NULL when the generator is exhausted or closed.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dp.errors import ReleaseFormatError
+from dp.errors import ConfigError, ReleaseFormatError
 from dp.layout import Grid
 from dp.spec import COLORS, LAYOUT_MODES, exact_epsilon
 
@@ -103,6 +103,14 @@ class Release:
             "blocks_by_cell_size": {str(int(s)): int(c) for s, c in zip(sizes, counts, strict=True)},
         }
 
+    @property
+    def i420_size(self) -> int:
+        """Bytes of the I420 buffer reconstruct_i420 writes (see dp.kernels_cpu.i420_layout)."""
+        from dp.kernels_cpu import i420_layout
+
+        he, _we, sy, sc = i420_layout(self.height, self.width)
+        return sy * he + 2 * sc * (he // 2)
+
     def reconstruct(self) -> np.ndarray:
         """The privatized image: every cell filled with its released mean (HxWxC uint8; RGB for yuv420)."""
         from dp.kernels_cpu import reconstruct
@@ -118,19 +126,28 @@ class Release:
                     self._offsets, out)
         return out
 
-    def reconstruct_i420(self) -> np.ndarray:
+    def reconstruct_i420(self, out: np.ndarray | None = None) -> np.ndarray:
         """The privatized image as one I420 buffer for a video encoder (colour releases).
 
         Planar Y, U, V in BT.601 limited range at even size (the last row and column repeated), rows
         padded to multiples of 4 bytes: the layout `dp.kernels_cpu.i420_layout` gives and GStreamer
         expects. The same picture as `reconstruct()` without a per-pixel colour conversion.
+
+        `out`: a writable, contiguous 1-D uint8 array of `i420_size` bytes to write it into (an encoder's
+        own buffer, streams.mapped.filled_buffer) instead of a new array; returned.
         """
-        from dp.kernels_cpu import i420_layout, reconstruct_i420
+        from dp.kernels_cpu import reconstruct_i420
 
         if self.channels != 3:
             raise ReleaseFormatError(f"reconstruct_i420 needs an RGB or YUV release; this one has {self.channels} channel")
-        he, _we, sy, sc = i420_layout(self.height, self.width)
-        out = np.empty(sy * he + 2 * sc * (he // 2), dtype=np.uint8)
+        size = self.i420_size
+        if out is None:
+            out = np.empty(size, dtype=np.uint8)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (size,)
+                  and out.flags.c_contiguous and out.flags.writeable):
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ConfigError(f"reconstruct_i420(out=): need a writable contiguous uint8 array of shape ({size},), "
+                              f"got {got}")
         reconstruct_i420(self.means, self.layout, np.asarray(self.cell_sizes, dtype=np.int64), self.block_size,
                          self._offsets, self.height, self.width, self.color == "yuv420", out)
         return out

@@ -295,7 +295,7 @@ def _video_writer(output, rel: Release, fps: float, quality: int | None):
 
 def _write_release(writer, rel: Release) -> None:
     if writer.input_format == "i420":
-        writer.write_i420(rel.reconstruct_i420())
+        writer.write_release(rel)  # reconstructed straight into the encoder's buffer
     else:
         writer.write(rel.reconstruct())
 

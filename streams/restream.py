@@ -27,6 +27,7 @@ from dp import Release
 from dp.errors import ConfigError
 
 from .gst import Gst, GstRtspServer
+from .mapped import filled_buffer
 from .writer import EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ def _packed_bytes(frame: np.ndarray) -> bytes:
     return padded.tobytes()
 
 
+_SHALLOW = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.META | Gst.BufferCopyFlags.MEMORY
+
+
 class PrivateMount:
     """An RTSP mount that serves the privatized frames of one camera; call it with each :class:`dp.Release`."""
 
@@ -72,10 +76,12 @@ class PrivateMount:
         self._lock = threading.Lock()
         self._appsrcs: list[Gst.Element] = []
         self._latest: Release | None = None
-        self._latest_frame: tuple[bytes, Gst.Caps] | None = None
+        self._latest_frame: tuple[Gst.Buffer, Gst.Caps] | None = None  # the reconstruction, made once
         self._last_push_mono = 0.0
         self.releases_seen = 0
         self.frames_pushed = 0
+        self.push_failures = 0  # pushes an appsrc refused (flushing before its client's stream starts, or gone)
+        self.last_push_result = ""  # that refusal's GStreamer flow name
         self.factory = GstRtspServer.RTSPMediaFactory.new()
         self.factory.set_launch(
             "( appsrc name=src is-live=true format=time do-timestamp=true leaky-type=upstream max-buffers=2 ! "
@@ -140,7 +146,7 @@ class PrivateMount:
                     log.exception("private mount %s: could not push a frame", self.path)
 
     # --- internals (server thread and release thread) --------------------------------------------
-    def _frame_for_latest(self) -> tuple[bytes, Gst.Caps] | None:
+    def _frame_for_latest(self) -> tuple[Gst.Buffer, Gst.Caps] | None:
         with self._lock:
             if self._latest_frame is not None:
                 return self._latest_frame
@@ -152,12 +158,12 @@ class PrivateMount:
             caps = Gst.Caps.from_string(
                 f"video/x-raw,format=I420,width={we},height={he},framerate=0/1,colorimetry=bt601"
             )
-            packed = (release.reconstruct_i420().tobytes(), caps)
+            packed = (filled_buffer(release.i420_size, lambda out: release.reconstruct_i420(out=out)), caps)
         else:
             frame = _even_padded(release.reconstruct())
             h, w, _ = frame.shape
             caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate=0/1")
-            packed = (_packed_bytes(frame), caps)
+            packed = (Gst.Buffer.new_wrapped(_packed_bytes(frame)), caps)
         with self._lock:
             if self._latest is release:
                 self._latest_frame = packed
@@ -167,7 +173,7 @@ class PrivateMount:
         packed = self._frame_for_latest()
         if packed is None:
             return
-        data, caps = packed
+        frame, caps = packed
         with self._lock:
             srcs = list(self._appsrcs)
             self._last_push_mono = time.monotonic()
@@ -175,9 +181,14 @@ class PrivateMount:
             current = src.get_property("caps")
             if current is None or not current.is_equal(caps):
                 src.set_property("caps", caps)  # a resolution change re-initialises the encoder
-            ret = src.emit("push-buffer", Gst.Buffer.new_wrapped(data))
+            # a new buffer per push sharing the pixels (Gst.Buffer.copy() would only add a reference): each
+            # client's appsrc stamps its own timestamps on it
+            ret = src.emit("push-buffer", frame.copy_region(_SHALLOW, 0, frame.get_size()))
             if ret == Gst.FlowReturn.OK:
                 self.frames_pushed += 1
+            else:
+                self.push_failures += 1
+                self.last_push_result = Gst.flow_get_name(ret)
 
     def _on_media_configure(self, _factory, media) -> None:
         src = media.get_element().get_by_name("src")

@@ -21,6 +21,7 @@ import numpy as np
 from dp.errors import ConfigError, IngestError
 
 from .gst import Gst, GstVideo, ensure_init, parse_pipeline, set_state_or_raise, shutdown_pipeline
+from .mapped import filled_buffer
 from .sources import TEST_PATTERNS
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,22 @@ class H264Mp4Writer:
                 f"for {self.width}x{self.height}"
             )
         self._check_bus()
-        self._push(Gst.Buffer.new_wrapped(arr.tobytes()))
+        self._push(filled_buffer(expected, lambda out: np.copyto(out, arr.reshape(-1))))
+
+    def write_release(self, release) -> None:
+        """Append the reconstruction of one colour `dp.Release` (writer made with ``input_format="i420"``):
+        written by `Release.reconstruct_i420` straight into the encoder's input buffer."""
+        if self._closed:
+            raise ConfigError(f"writer {self.path!r} is closed")
+        if self.input_format != "i420":
+            raise ConfigError(f"writer {self.path!r} takes {self.input_format} frames; open it with input_format='i420'")
+        if (release.height, release.width, release.channels) != (self.height, self.width, 3):
+            raise ConfigError(
+                f"writer {self.path!r}: a {release.width}x{release.height} release with {release.channels} "
+                f"channel(s), expected a {self.width}x{self.height} colour one"
+            )
+        self._check_bus()
+        self._push(filled_buffer(self._i420_size, lambda out: release.reconstruct_i420(out=out)))
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame (HxWxC uint8, C == channels; HxW accepted for grey)."""
@@ -182,13 +198,14 @@ class H264Mp4Writer:
                 ((0, self.encoded_height - self.height), (0, self.encoded_width - self.width), (0, 0)),
                 mode="edge",
             )
-        if self._stride != self._row_bytes:
-            padded = np.zeros((self.encoded_height, self._stride), dtype=np.uint8)
-            padded[:, : self._row_bytes] = arr.reshape(self.encoded_height, self._row_bytes)
-            data = padded.tobytes()
-        else:
-            data = np.ascontiguousarray(arr).tobytes()
-        self._push(Gst.Buffer.new_wrapped(data))
+        rows, row_bytes, stride = self.encoded_height, self._row_bytes, self._stride
+
+        def fill(out: np.ndarray) -> None:
+            padded = out.reshape(rows, stride)
+            padded[:, :row_bytes] = arr.reshape(rows, row_bytes)
+            padded[:, row_bytes:] = 0
+
+        self._push(filled_buffer(rows * stride, fill))
 
     def _push(self, buf) -> None:
         buf.pts = Gst.util_uint64_scale(

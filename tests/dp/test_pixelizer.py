@@ -268,6 +268,32 @@ def test_i420_reconstruction_is_the_rgb_picture_in_bt601(mode, shape, rng):
         assert not plane[:, cols:].any()
 
 
+@pytest.mark.parametrize("shape", [(37, 53), (40, 64)])
+def test_i420_reconstruction_into_a_given_buffer_writes_every_byte(shape, rng):
+    """out= is an encoder's own (uninitialised) buffer: every byte, row padding included, must be written,
+    or leftover memory would reach the encoder."""
+    px = Pixelizer(spec_for("previous", eps_pix=50.0, m_pixels=1), backend="cpu")
+    px.release(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    rel = px.release(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    want = rel.reconstruct_i420()
+    assert rel.i420_size == want.size
+    for garbage in (0x00, 0xA5, 0xFF):
+        out = np.full(rel.i420_size, garbage, dtype=np.uint8)
+        assert rel.reconstruct_i420(out=out) is out
+        assert np.array_equal(out, want)
+
+
+def test_i420_reconstruction_refuses_a_buffer_it_cannot_fill(rng):
+    rel = Pixelizer(PixelizeSpec(eps_pix=1.0, cell_size=8), backend="cpu").release(
+        rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    read_only = np.zeros(rel.i420_size, np.uint8)
+    read_only.flags.writeable = False
+    for bad in (np.zeros(rel.i420_size - 1, np.uint8), np.zeros(rel.i420_size, np.int16), read_only,
+                np.zeros(2 * rel.i420_size, np.uint8)[::2], bytearray(rel.i420_size)):
+        with pytest.raises(ConfigError, match="out="):
+            rel.reconstruct_i420(out=bad)
+
+
 def test_i420_reconstruction_needs_rgb():
     rel = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=1), backend="cpu").release(np.zeros((8, 8), np.uint8))
     with pytest.raises(ReleaseFormatError, match="RGB"):

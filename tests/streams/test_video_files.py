@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from dp import Pixelizer, PixelizeSpec
 from dp.errors import ConfigError, IngestError
 from streams import EncoderSettings, H264Mp4Writer, iter_frames, make_test_clip
 from streams.gst import Gst
@@ -153,6 +154,26 @@ def test_writer_round_trip_keeps_blocky_privatized_frames(tmp_path):
     back = list(iter_frames(out))
     assert len(back) == 10
     assert np.abs(back[-1].array.astype(int) - frame.astype(int)).mean() < 8
+
+
+def test_releases_written_straight_into_the_encoders_buffers_decode_to_their_reconstruction(tmp_path):
+    rng = np.random.default_rng(2)
+    px = Pixelizer(PixelizeSpec(eps_pix=50.0, m_pixels=1, cell_size=16), backend="cpu")
+    # flat 16 px cells of random colours: releases that differ by tens of levels from one frame to the next
+    frames = [np.repeat(np.repeat(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8), 16, 0), 16, 1) for _ in range(6)]
+    releases = [px.release(frame) for frame in frames]
+    out = tmp_path / "releases.mp4"
+    with H264Mp4Writer(out, 160, 128, 10, input_format="i420",
+                       encoder=EncoderSettings(quality=10, key_int_max=1)) as writer:
+        for rel in releases:
+            writer.write_release(rel)
+        with pytest.raises(ConfigError, match="160x128"):
+            writer.write_release(Pixelizer(PixelizeSpec(eps_pix=1.0)).release(np.zeros((64, 64, 3), np.uint8)))
+    back = list(iter_frames(out))
+    assert len(back) == 6
+    for i, frame in enumerate(back):
+        errors = [np.abs(frame.array.astype(int) - r.reconstruct().astype(int)).mean() for r in releases]
+        assert errors[i] < 4 and min(e for j, e in enumerate(errors) if j != i) > 3 * errors[i] + 5
 
 
 def test_grey_writer_accepts_two_dimensional_frames(tmp_path):

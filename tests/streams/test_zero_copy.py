@@ -106,3 +106,34 @@ def test_an_empty_buffer_is_an_empty_array():
     ensure_init()
     view = mapped.read_view(Gst.Buffer.new())
     assert view.size == 0 and view.dtype == np.uint8
+
+
+def test_a_filled_buffer_holds_what_fill_wrote_and_is_unmapped_after():
+    ensure_init()
+    pattern = np.arange(1000, dtype=np.uint32).astype(np.uint8)
+    seen = []
+
+    def fill(view):
+        assert view.flags.writeable and view.shape == (1000,)
+        view[:] = pattern
+        seen.append(view)
+
+    buf = mapped.filled_buffer(1000, fill)
+    assert _maps(buf) == 0  # unmapped: downstream elements can map it
+    assert not seen[0].flags.writeable  # a view kept past the fill cannot write into a pushed buffer
+    ok, info = buf.map(Gst.MapFlags.READ)
+    assert ok and bytes(info.data) == pattern.tobytes()
+    buf.unmap(info)
+
+
+def test_a_failing_fill_raises_and_empty_buffers_are_refused():
+    ensure_init()
+
+    def fill(view):
+        view[:10] = 1
+        raise RuntimeError("encoder input could not be made")
+
+    with pytest.raises(RuntimeError, match="encoder input"):
+        mapped.filled_buffer(64, fill)
+    with pytest.raises(ValueError):
+        mapped.filled_buffer(0, lambda view: None)

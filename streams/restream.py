@@ -55,6 +55,7 @@ def _packed_bytes(frame: np.ndarray) -> bytes:
     return padded.tobytes()
 
 
+_START_POLL_S = 0.02  # how often a client's starting stream is checked for PLAYING
 _SHALLOW = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.META | Gst.BufferCopyFlags.MEMORY
 
 
@@ -130,18 +131,22 @@ class PrivateMount:
 
     def _run(self) -> None:
         """Push each new release (newest first, older ones skipped) and repeat the last one when idle."""
+        starting = False  # a client's stream was not playing yet at the last push
         while True:
             with self._lock:
-                if not self._pending and not self._closed:
+                if starting:
+                    self._wake.wait(_START_POLL_S)
+                elif not self._pending and not self._closed:
                     self._wake.wait(self.keepalive_s if self.keepalive_s > 0 else None)
                 if self._closed:
                     return
-                fresh, self._pending = self._pending, False
+                fresh, self._pending = self._pending or starting, False
                 idle_s = time.monotonic() - self._last_push_mono
                 watched = bool(self._appsrcs)
+            starting = False
             if watched and (fresh or (self.keepalive_s > 0 and idle_s >= self.keepalive_s)):
                 try:
-                    self._push_latest()
+                    starting = self._push_latest() > 0
                 except Exception:  # keep serving; never log frame content
                     log.exception("private mount %s: could not push a frame", self.path)
 
@@ -169,15 +174,23 @@ class PrivateMount:
                 self._latest_frame = packed
         return packed
 
-    def _push_latest(self) -> None:
+    def _push_latest(self) -> int:
+        """Push the latest frame to every client whose stream plays; the number still starting (not pushed)."""
         packed = self._frame_for_latest()
         if packed is None:
-            return
+            return 0
         frame, caps = packed
         with self._lock:
             srcs = list(self._appsrcs)
             self._last_push_mono = time.monotonic()
+        starting = 0
         for src in srcs:
+            # A buffer pushed before the client's pipeline plays gets no valid timestamp from do-timestamp
+            # (no clock yet); seen as a stream that never delivered a frame. The media goes to PLAYING on its
+            # own (a live source needs no preroll), and the frame follows a few milliseconds later.
+            if src.get_state(0)[1] != Gst.State.PLAYING:
+                starting += 1
+                continue
             current = src.get_property("caps")
             if current is None or not current.is_equal(caps):
                 src.set_property("caps", caps)  # a resolution change re-initialises the encoder
@@ -189,6 +202,7 @@ class PrivateMount:
             else:
                 self.push_failures += 1
                 self.last_push_result = Gst.flow_get_name(ret)
+        return starting
 
     def _on_media_configure(self, _factory, media) -> None:
         src = media.get_element().get_by_name("src")

@@ -34,6 +34,19 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
+def watch(url: str, private, worker, n: int, timeout_s: float = 60.0) -> list:
+    """n frames of a private mount, read by a GStreamer client; on failure, where the stream stood."""
+    try:
+        return list(iter_frames(url, max_frames=n, first_frame_timeout_s=timeout_s))
+    except IngestError as exc:
+        raise AssertionError(
+            f"{exc}; mount: clients={private.clients} releases_seen={private.releases_seen} "
+            f"frames_pushed={private.frames_pushed} push_failures={private.push_failures} ({private.last_push_result}); "
+            f"worker: {worker.health.state.value} released={worker.stats.frames_released} "
+            f"repeated={worker.stats.frames_repeated}"
+        ) from exc
+
+
 @pytest.fixture
 def private_camera(rtsp_server):
     """A camera served by the local server, ingested by a worker that re-streams its releases."""
@@ -51,14 +64,7 @@ def private_camera(rtsp_server):
 
 def test_private_mount_frames_match_the_releases(private_camera):
     server, _pattern, private, keep, worker = private_camera
-    try:
-        frames = list(iter_frames(server.url("/lobby/private"), max_frames=15, first_frame_timeout_s=60))
-    except IngestError as exc:  # seen once in a full-suite run, never alone: say where the stream stood
-        raise AssertionError(
-            f"{exc}; mount: clients={private.clients} releases_seen={private.releases_seen} "
-            f"frames_pushed={private.frames_pushed}; worker: {worker.health.state.value} "
-            f"released={worker.stats.frames_released}"
-        ) from exc
+    frames = watch(server.url("/lobby/private"), private, worker, 15)
     assert len(frames) == 15 and private.frames_pushed >= 15
     candidates = [r.reconstruct() for r in keep.recent(60)]
     for frame in frames[-8:]:
@@ -77,10 +83,10 @@ def test_private_mount_refuses_anything_but_a_release(private_camera):
 
 
 def test_private_mount_follows_a_resolution_change(private_camera):
-    server, pattern, _private, keep, _worker = private_camera
+    server, pattern, private, keep, worker = private_camera
     pattern.set_resolution(160, 128)
     assert wait_for(lambda: keep.recent(1)[0].width == 160, 10)
-    frames = list(iter_frames(server.url("/lobby/private"), max_frames=3))
+    frames = watch(server.url("/lobby/private"), private, worker, 3)
     assert frames[-1].array.shape == (128, 160, 3)
 
 
@@ -110,7 +116,7 @@ def test_a_new_client_gets_the_last_release_even_when_releases_stopped(rtsp_serv
     try:
         assert wait_for(lambda: worker.stats.frames_repeated >= 5, 15)
         only = keep.items[0].reconstruct()
-        frames = list(iter_frames(rtsp_server.url("/quiet/private"), max_frames=4, first_frame_timeout_s=60))
+        frames = watch(rtsp_server.url("/quiet/private"), private, worker, 4)
         assert all(mad(f.array, only) < 4.0 for f in frames)
     finally:
         worker.stop()

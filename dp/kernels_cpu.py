@@ -867,3 +867,21 @@ def release_block_stats(means, codes, sizes, block, offsets, height, width, chan
             if cnt > 0:
                 within[by, bx] = max(acc / cnt, 0.0) / (b * b)
     return bmeans, bvar, within
+
+
+@numba.njit(cache=_CACHE)
+def previous_rule_codes(means, codes, sizes, block, offsets, height, width, channels, yuv, cell_var_num,
+                        detail_gain, size_terms, noise_terms, out):
+    """The `previous` layout for the next frame, from a release, in one call: dp.layout.choose_codes of
+    dp.layout.g2_from_release_stats of release_block_stats (yuv: of its luma means only, the chroma means
+    carry 16x the noise variance). out: n_by x n_bx uint8. The GIL stays held: these are microseconds of
+    work, which a GIL hand-off to the camera's ingest thread would cost more than."""
+    if yuv:
+        bmeans, bvar, within = release_block_stats(means[0::3].copy(), codes, sizes, block, offsets // 3, height,
+                                                   width, 1, cell_var_num)
+    else:
+        bmeans, bvar, within = release_block_stats(means, codes, sizes, block, offsets, height, width, channels,
+                                                   cell_var_num)
+    g2 = np.empty(within.shape)
+    previous_g2(bmeans, bvar, within, block, g2)
+    argmin_error(g2.reshape(-1), detail_gain, size_terms, noise_terms, out.reshape(-1))

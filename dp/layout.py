@@ -19,7 +19,7 @@ the picture is seen through amplifies chroma errors. Both terms are then in luma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -95,17 +95,26 @@ def noise_error_factor(color: str) -> float:
     return 1.0 + 16.0 * (w_u + w_v) / w_y
 
 
+@lru_cache(maxsize=64)
+def rule_terms(cell_sizes: tuple[int, ...], noise_scale, color: str) -> tuple[np.ndarray, np.ndarray]:
+    """(b^2 - 1, factor * 2 t^2 / b^4) per candidate size b: the two terms of choose_codes' error estimate
+    (read-only; cached per camera configuration)."""
+    sizes = np.asarray(cell_sizes, dtype=np.float64)
+    t = float(noise_scale)
+    size_terms, noise = sizes**2 - 1.0, noise_error_factor(color) * 2.0 * t * t / sizes**4
+    size_terms.flags.writeable = noise.flags.writeable = False
+    return size_terms, noise
+
+
 def choose_codes(g2: np.ndarray, spec: PixelizeSpec) -> np.ndarray:
     """Per block, the code of the cell size minimising estimated detail loss plus noise variance:
     detail_gain * g2 * (b^2 - 1) + factor * 2 t^2 / b^4 (the first size on a tie)."""
     from dp.kernels_cpu import argmin_error
 
-    sizes = np.asarray(spec.cell_sizes, dtype=np.float64)
-    t = float(spec.noise_scale)
-    noise = noise_error_factor(spec.color) * 2.0 * t * t / sizes**4
+    size_terms, noise = rule_terms(spec.cell_sizes, spec.noise_scale, spec.color)
     g2 = np.ascontiguousarray(g2, dtype=np.float64)
     out = np.empty(g2.shape, dtype=np.uint8)
-    argmin_error(g2.reshape(-1), float(spec.detail_gain), sizes**2 - 1.0, noise, out.reshape(-1))
+    argmin_error(g2.reshape(-1), float(spec.detail_gain), size_terms, noise, out.reshape(-1))
     return out
 
 

@@ -75,10 +75,13 @@ class CpuBackend:
         return out
 
 
+_ROW_PROTOS = (np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.int32))
+
+
 def _row_proto(sizes: np.ndarray) -> np.ndarray:
     """The dtype of the kernels' row counters (b rows of 0..255): uint16 while 255 * b fits (twice the SIMD
     lanes of int32), else int32."""
-    return np.zeros(0, dtype=np.uint16 if 255 * int(sizes.max()) <= 0xFFFF else np.int32)
+    return _ROW_PROTOS[0 if 255 * int(sizes.max()) <= 0xFFFF else 1]
 
 
 def _noise(n: int, key: np.ndarray, domain: int, tables) -> np.ndarray:
@@ -265,7 +268,7 @@ class Pixelizer:
                                 prev.cell_sizes) != (grid.height, grid.width, spec.channels, spec.color,
                                                      spec.block_size, spec.cell_sizes):
                 return lay.uniform_codes(grid, spec)
-            return lay.choose_codes(self._g2_from_previous(prev), spec)
+            return self._previous_codes(prev, spec, grid)
         # private: noisy complexity of this frame, paid for with eps_layout
         n_by, n_bx = grid.shape
         if spec.color == "yuv420":  # the score reads luma: the first H rows of the I420 frame
@@ -275,19 +278,18 @@ class Pixelizer:
         return lay.choose_codes(lay.g2_from_noisy_complexity(noisy, grid, spec), spec)
 
     @staticmethod
-    def _g2_from_previous(prev: Release) -> np.ndarray:
-        from dp.kernels_cpu import release_block_stats
+    def _previous_codes(prev: Release, spec: PixelizeSpec, grid: lay.Grid) -> np.ndarray:
+        """choose_codes(g2_from_release_stats(release_block_stats(prev))), in one kernel call."""
+        from dp.kernels_cpu import previous_rule_codes
 
         # the noise of the previous release follows its own settings (they may have changed since)
         t = 255.0 * prev.m_pixels * prev.channels / prev.eps_pix
-        means, offsets, channels = prev.means, prev._offsets, prev.channels
-        if prev.color == "yuv420":  # luma contrast only: chroma means carry 16x the noise variance
-            means, offsets, channels = means[0::3].copy(), offsets // 3, 1
-        block_means, block_var, within = release_block_stats(
-            means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
-            offsets, prev.height, prev.width, channels, 2.0 * t * t,
-        )
-        return lay.g2_from_release_stats(block_means, block_var, within, prev.block_size)
+        size_terms, noise_terms = lay.rule_terms(spec.cell_sizes, spec.noise_scale, spec.color)
+        out = np.empty(grid.shape, dtype=np.uint8)
+        previous_rule_codes(prev.means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64), prev.block_size,
+                            prev._offsets, prev.height, prev.width, prev.channels, prev.color == "yuv420",
+                            2.0 * t * t, float(spec.detail_gain), size_terms, noise_terms, out)
+        return out
 
     def _checked(self, frame, spec: PixelizeSpec, i420: bool = False):
         if not isinstance(frame, np.ndarray):

@@ -200,12 +200,12 @@ class PixelizeSpec:
             raise ConfigError("layout_noise_scale only exists for layout='private'")
         return _decimal(Fraction(self.layout_sensitivity_l1) / exact_epsilon(self.eps_layout))
 
-    @property
+    @cached_property  # read by the ledger gate on every frame
     def eps_frame(self) -> float:
         """What one release costs: eps_layout + eps_pix."""
         return float(self.eps_frame_exact)
 
-    @property
+    @cached_property
     def eps_frame_exact(self) -> Fraction:
         return exact_epsilon(self.eps_pix) + exact_epsilon(self.eps_layout)
 

@@ -67,3 +67,34 @@ def test_the_previous_rule_is_its_formula(rng):
         block = int(rng.choice([8, 32, 64]))
         assert np.array_equal(lay.g2_from_release_stats(bmeans, bvar, within, block),
                               numpy_previous_g2(bmeans, bvar, within, block))
+
+
+@pytest.mark.parametrize("color", ["rgb", "yuv420"])
+def test_the_fused_previous_rule_is_the_composition_of_its_steps(color, rng):
+    """Pixelizer's one-call rule (kernels_cpu.previous_rule_codes) against release_block_stats, then
+    g2_from_release_stats, then choose_codes, on releases with mixed layouts and changing settings."""
+    from dp import Pixelizer
+    from dp.kernels_cpu import release_block_stats
+
+    for _ in range(25):
+        eps_pix, m = float(rng.choice([0.5, 4.0, 64.0])), int(rng.choice([1, 16]))
+        spec = PixelizeSpec(eps_pix=eps_pix, m_pixels=m, layout="previous", color=color)
+        h, w = (int(v) * 2 for v in rng.integers(8, 80, 2))
+        px = Pixelizer(spec, backend="cpu")
+        # blocky content with flat and busy regions, so the previous layout mixes cell sizes
+        frame = np.repeat(np.repeat(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8), 8, 0), 8, 1)
+        frame = frame[:h, :w] // rng.integers(1, 4, (h, w, 1), dtype=np.uint8)
+        shown = frame if color == "rgb" else rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+        px.release(shown)
+        prev = px.release(shown)
+        # the next frame's settings may differ from the release's: the rule takes the noise from the release
+        nxt = spec.replace(eps_pix=float(rng.choice([1.0, 8.0])))
+        grid = lay.Grid(h, w, nxt.block_size)
+        t = 255.0 * prev.m_pixels * prev.channels / prev.eps_pix
+        means, offsets, channels = prev.means, prev._offsets, prev.channels
+        if color == "yuv420":
+            means, offsets, channels = means[0::3].copy(), offsets // 3, 1
+        stats = release_block_stats(means, prev.layout, np.asarray(prev.cell_sizes, dtype=np.int64),
+                                    prev.block_size, offsets, h, w, channels, 2.0 * t * t)
+        want = lay.choose_codes(lay.g2_from_release_stats(*stats, prev.block_size), nxt)
+        assert np.array_equal(Pixelizer._previous_codes(prev, nxt, grid), want)

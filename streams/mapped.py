@@ -68,7 +68,7 @@ def _load_gstreamer():
     return lib
 
 
-_LIB = _load_gstreamer()
+_LIB = None  # libgstreamer through ctypes, loaded by the first check: not at import (see _trust_pointers)
 _POINTER_OFFSET = object.__basicsize__  # PyGBoxed: PyObject_HEAD, then the boxed pointer
 _checked: bool | None = None  # None: not yet checked; then whether zero-copy mapping is trusted
 _check_lock = threading.Lock()
@@ -80,10 +80,13 @@ def _boxed_pointer(buf: Gst.Buffer) -> int:
 
 def _trust_pointers(buf: Gst.Buffer) -> bool:
     """Whether this process's PyGObject gives ``Gst.Buffer`` pointers the way this module reads them."""
-    global _checked
+    global _checked, _LIB
     with _check_lock:
         if _checked is None:
             _checked = False
+            # loaded once frames flow, not at import: nothing in streams touches GStreamer at import time (a
+            # test process that did saw dlib abort later, the trap attacks/dlib_model.py describes)
+            _LIB = _load_gstreamer()
             if _LIB is None:
                 log.info("libgstreamer-1.0.so.0 not loadable with ctypes: decoded frames are copied")
             else:
@@ -107,7 +110,7 @@ def zero_copy_available() -> bool:
 class MappedBuffer:
     """One ``Gst.Buffer`` mapped for reading, for as long as this object (the base of its views) lives."""
 
-    __slots__ = ("__array_interface__", "__weakref__", "_buffer", "_info", "_pointer")
+    __slots__ = ("__array_interface__", "__weakref__", "_buffer", "_info", "_pointer", "_unmap")
 
     def __init__(self, buf: Gst.Buffer) -> None:
         pointer = _boxed_pointer(buf)
@@ -116,6 +119,7 @@ class MappedBuffer:
             raise IngestError("could not map a decoded frame's memory")
         self._buffer = buf  # our reference: the memory is not recycled while mapped
         self._pointer = pointer
+        self._unmap = _LIB.gst_buffer_unmap  # kept: module globals may already be gone when the last view dies
         self._info = info
         self.__array_interface__ = {
             "shape": (int(info.size),),
@@ -124,12 +128,11 @@ class MappedBuffer:
             "version": 3,
         }
 
-    def __del__(self, _unmap=_LIB.gst_buffer_unmap if _LIB is not None else None) -> None:
-        # bound at definition: module globals may already be gone when the last view dies at exit
+    def __del__(self) -> None:
         info = getattr(self, "_info", None)
         if info is not None:
             self._info = None
-            _unmap(self._pointer, ctypes.byref(info))  # then the slot's reference to the buffer goes
+            self._unmap(self._pointer, ctypes.byref(info))  # then the slot's reference to the buffer goes
 
 
 def _copied(buf: Gst.Buffer) -> np.ndarray:

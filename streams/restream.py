@@ -56,7 +56,14 @@ def _packed_bytes(frame: np.ndarray) -> bytes:
 
 
 _START_POLL_S = 0.02  # how often a client's starting stream is checked for PLAYING
-_SHALLOW = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.META | Gst.BufferCopyFlags.MEMORY
+
+
+def _shallow_copy(buf: Gst.Buffer) -> Gst.Buffer:
+    """A new buffer with buf's flags and metas, sharing its memory (Gst.Buffer.copy() would only add a
+    reference). The flags are looked up here, not at import: a process that touched GStreamer's enums at
+    import time saw dlib abort later (the trap attacks/dlib_model.py describes)."""
+    flags = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.META | Gst.BufferCopyFlags.MEMORY
+    return buf.copy_region(flags, 0, buf.get_size())
 
 
 class PrivateMount:
@@ -194,9 +201,8 @@ class PrivateMount:
             current = src.get_property("caps")
             if current is None or not current.is_equal(caps):
                 src.set_property("caps", caps)  # a resolution change re-initialises the encoder
-            # a new buffer per push sharing the pixels (Gst.Buffer.copy() would only add a reference): each
-            # client's appsrc stamps its own timestamps on it
-            ret = src.emit("push-buffer", frame.copy_region(_SHALLOW, 0, frame.get_size()))
+            # a new buffer per push sharing the pixels: each client's appsrc stamps its own timestamps on it
+            ret = src.emit("push-buffer", _shallow_copy(frame))
             if ret == Gst.FlowReturn.OK:
                 self.frames_pushed += 1
             else:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -24,6 +24,7 @@ COLORS: tuple[str, ...] = ("rgb", "yuv420")
 DEFAULT_CELL_SIZES: tuple[int, ...] = (4, 8, 16, 32)
 
 
+@lru_cache(maxsize=256)  # the ledger converts every frame's cost
 def exact_epsilon(eps: float) -> Fraction:
     """The decimal number the operator wrote (`0.1` is 1/10, not the binary float nearest to it).
 

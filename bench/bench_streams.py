@@ -69,6 +69,9 @@ SPEC_YUV_PREVIOUS = PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="p
 SPEC_PREVIOUS = SPEC_YUV_PREVIOUS.replace(color="rgb")  # a camera created with the service's defaults
 
 
+WORKER_OPTIONS: dict = {}  # extra CameraWorker arguments for every worker of a run (--release-nice)
+
+
 def clip_for(name: str, frames: int) -> Path:
     width, height, kbps = RESOLUTIONS[name]
     path = OUT / f"smpte_{name}_{frames}f_{kbps}k_nob.mp4"
@@ -164,7 +167,7 @@ def run_full_path(clip: Path, frames: int, *, viewer: bool, spec=SPEC) -> dict:
         store = StoreCallback()
         worker = CameraWorker(
             "bench", str(clip), spec, ledger=Ledger(eps_window=1e4, window_s=10.0), sinks=[store, private],
-            queue_policy="block", realtime=False, queue_size=4, convert_threads=2,
+            queue_policy="block", realtime=False, queue_size=4, convert_threads=2, **WORKER_OPTIONS,
         )  # fmt: skip
         try:
             if viewer:
@@ -257,7 +260,8 @@ def capacity_step(url: str, n: int, measure_s: float, release_fps: float, spec=S
         mounts = [server.serve_private(f"cam{i}") for i in range(n)]
         workers = [
             CameraWorker(f"cam{i}", url, spec, ledger=Ledger(eps_window=1e4, window_s=10.0), release_fps=release_fps,
-                         sinks=[stores[i], mounts[i]], queue_size=4, convert_threads=1, stall_timeout_s=5.0)
+                         sinks=[stores[i], mounts[i]], queue_size=4, convert_threads=1, stall_timeout_s=5.0,
+                         **WORKER_OPTIONS)
             for i in range(n)
         ]  # fmt: skip
         try:
@@ -413,6 +417,8 @@ def main() -> int:
     )
     parser.add_argument("--color", nargs="+", default=["rgb", "yuv420"], choices=["rgb", "yuv420"],
                         help="capacity runs: RGB frames, the decoder's I420, or both")
+    parser.add_argument("--release-nice", type=int, default=None,
+                        help="CameraWorker release_nice for every worker (default: the worker's own)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="render an earlier --json file as tables and exit")
     args = parser.parse_args()
@@ -420,7 +426,10 @@ def main() -> int:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
 
+    if args.release_nice is not None:
+        WORKER_OPTIONS["release_nice"] = args.release_nice
     env = {
+        "release_nice": args.release_nice,
         "cpus": os.cpu_count(),
         "loadavg_1m_at_start": os.getloadavg()[0],  # other processes on the node skew every number
         "python": platform.python_version(),

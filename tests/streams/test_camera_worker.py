@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -81,6 +82,28 @@ def test_happy_path_from_rtsp_server_into_releases(rtsp_server, workers):
     assert stats.frames_released >= 20 and stats.frames_ingested >= stats.frames_released
     assert stats.width == 320 and stats.height == 240 and stats.reconnects == 0
     assert stats.latency_p99_s is not None and stats.latency_p99_s < 1.0
+
+
+@pytest.mark.parametrize("nice", [10, 0])
+def test_release_nice_lowers_only_the_release_threads_priority(nice, workers):
+    """release_nice lowers the release thread's priority (Linux nice, per thread), and only that thread's
+    (0, the default, leaves it alone)."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    sink = Collect()
+    worker = make_worker("test:ball?width=64&height=48&fps=30&live=1", [sink], release_nice=nice)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: len(sink) >= 3, 15)
+    by_name = {t.name: t.native_id for t in threading.enumerate() if t.name.startswith("dpstream-lobby-")}
+    assert os.getpriority(os.PRIO_PROCESS, by_name["dpstream-lobby-release"]) == min(base + nice, 19)
+    assert os.getpriority(os.PRIO_PROCESS, by_name["dpstream-lobby-supervisor"]) == base
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_release_nice_is_checked():
+    for bad in (-1, 20, 2.5):
+        with pytest.raises(ConfigError, match="release_nice"):
+            make_worker("test:ball", [], release_nice=bad)
 
 
 def test_yuv420_camera_releases_the_decoders_i420_frames(rtsp_server, workers):

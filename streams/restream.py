@@ -21,38 +21,16 @@ import logging
 import threading
 import time
 
-import numpy as np
-
 from dp import Release
 from dp.errors import ConfigError
 
 from .gst import Gst, GstRtspServer
 from .mapped import filled_buffer
-from .writer import EncoderSettings
+from .writer import EncoderSettings, even_padded, packed_buffer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrivateMount"]
-
-
-def _even_padded(frame: np.ndarray) -> np.ndarray:
-    """Pad an odd width or height by repeating the last column/row: H.264 4:2:0 needs even sizes."""
-    h, w = frame.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return frame
-    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-
-
-def _packed_bytes(frame: np.ndarray) -> bytes:
-    """Row bytes padded to GStreamer's default 4-byte stride for packed RGB/GRAY8."""
-    h, w, c = frame.shape
-    row = w * c
-    stride = (row + 3) & ~3
-    if stride == row:
-        return np.ascontiguousarray(frame).tobytes()
-    padded = np.zeros((h, stride), dtype=np.uint8)
-    padded[:, :row] = frame.reshape(h, row)
-    return padded.tobytes()
 
 
 _START_POLL_S = 0.02  # how often a client's starting stream is checked for PLAYING
@@ -172,10 +150,10 @@ class PrivateMount:
             )
             packed = (filled_buffer(release.i420_size, lambda out: release.reconstruct_i420(out=out)), caps)
         else:
-            frame = _even_padded(release.reconstruct())
+            frame = even_padded(release.reconstruct())
             h, w, _ = frame.shape
             caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate=0/1")
-            packed = (Gst.Buffer.new_wrapped(_packed_bytes(frame)), caps)
+            packed = (packed_buffer(frame), caps)
         with self._lock:
             if self._latest is release:
                 self._latest_frame = packed

@@ -83,6 +83,30 @@ def _fps_fraction(fps: float | Fraction) -> Fraction:
     return value
 
 
+def even_padded(frame: np.ndarray) -> np.ndarray:
+    """An HxWxC frame padded to even height and width by repeating its last row and column: H.264 4:2:0
+    needs even sizes."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def packed_buffer(frame: np.ndarray) -> Gst.Buffer:
+    """An HxWxC uint8 frame as one Gst.Buffer in GStreamer's default packed layout (RGB, GRAY8: rows padded
+    to a multiple of 4 bytes with zeros), copied once."""
+    h, w, c = frame.shape
+    row = w * c
+    stride = (row + 3) & ~3
+
+    def fill(out: np.ndarray) -> None:
+        rows = out.reshape(h, stride)
+        rows[:, :row] = frame.reshape(h, row)
+        rows[:, row:] = 0
+
+    return filled_buffer(h * stride, fill)
+
+
 class H264Mp4Writer:
     """Encode HxWx3 RGB (or HxWx1 grey) uint8 frames into an H.264 MP4 file.
 
@@ -138,8 +162,6 @@ class H264Mp4Writer:
         self.pipeline.get_by_name("sink").set_property("location", self.path)
         self._src = self.pipeline.get_by_name("src")
         self._i420_size = GstVideo.VideoInfo.new_from_caps(Gst.Caps.from_string(caps)).size
-        self._row_bytes = self.encoded_width * channels
-        self._stride = (self._row_bytes + 3) & ~3  # GStreamer's default row alignment for packed formats
         self._frame_ns = Gst.util_uint64_scale(Gst.SECOND, self.fps.denominator, self.fps.numerator)
         self.frames_written = 0
         self._closed = False
@@ -192,20 +214,7 @@ class H264Mp4Writer:
                 f"{(self.height, self.width, self.channels)}"
             )
         self._check_bus()
-        if (self.encoded_height, self.encoded_width) != (self.height, self.width):
-            arr = np.pad(
-                arr,
-                ((0, self.encoded_height - self.height), (0, self.encoded_width - self.width), (0, 0)),
-                mode="edge",
-            )
-        rows, row_bytes, stride = self.encoded_height, self._row_bytes, self._stride
-
-        def fill(out: np.ndarray) -> None:
-            padded = out.reshape(rows, stride)
-            padded[:, :row_bytes] = arr.reshape(rows, row_bytes)
-            padded[:, row_bytes:] = 0
-
-        self._push(filled_buffer(rows * stride, fill))
+        self._push(packed_buffer(even_padded(arr)))
 
     def _push(self, buf) -> None:
         buf.pts = Gst.util_uint64_scale(

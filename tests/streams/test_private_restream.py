@@ -127,3 +127,18 @@ def test_camera_ids_that_cannot_be_mount_paths_are_refused(rtsp_server):
         rtsp_server.serve_private("../etc")
     with pytest.raises(ConfigError):
         rtsp_server.serve_test_pattern("no-leading-slash")
+
+
+def test_a_grey_release_of_odd_size_is_served_padded_to_even(rtsp_server):
+    """Grey releases go out as GRAY8 rows padded to 4 bytes, at even size (last row and column repeated)."""
+    rng = np.random.default_rng(5)
+    cells = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    frame = np.repeat(np.repeat(cells, 8, 0), 8, 1)[:25, :33]  # 33 x 25: odd both ways
+    rel = Pixelizer(PixelizeSpec(eps_pix=1000.0, m_pixels=1, channels=1, cell_size=8), backend="cpu").release(frame)
+    private = rtsp_server.serve_private("grey", keepalive_s=0.1, encoder=EncoderSettings(quality=8))
+    private(rel)
+    frames = list(iter_frames(rtsp_server.url("/grey/private"), max_frames=3, channels=1, first_frame_timeout_s=30))
+    got = frames[-1].array[..., 0].astype(int)
+    want = np.pad(rel.reconstruct()[..., 0], ((0, 1), (0, 1)), mode="edge").astype(int)
+    assert got.shape == (26, 34)
+    assert np.abs(got - want).mean() < 4.0

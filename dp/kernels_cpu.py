@@ -280,71 +280,97 @@ def _cell_sum1(acc, xa, xe):
     return s
 
 
+# --- the RGB picture of an I420 frame ---------------------------------------------------------------
+# dp.color's rule for a channel is clip((cy (Y - y_offset) + t) >> 8, 0, 255), with t the channel's chroma
+# term (rounding bias included). The kernels evaluate it in int16 lanes, twice as many per vector as int32:
+# with cy = 256 + a and t - cy * y_offset = 256 q + r (0 <= r < 256), the same value is
+#     Y + q + ((a Y + r) >> 8),
+# because the whole 256 (Y + q) leaves the shift exact. For 0 <= a < 128 (cy is 256 at full range and 298 at
+# video range) a Y + r < 2^15, and q stays within +-300: nothing overflows int16.
+_I16 = np.int16
+_U16 = np.uint16
+
+
 @numba.njit(inline="always")
-def _chroma_terms(urow, vrow, j0, j1, conv, terms):
-    """terms[c, j] = the chroma part of channel c (R, G, B) of the two pixels at chroma column j, for
-    j0 <= j < j1, rounding bias included (int32, in 1/256 units; conv as in i420_to_rgb)."""
+def _chroma_split(u, v, shift, cr_r, cb_g, cr_g, cb_b):
+    """(q_r, q_g, q_b, r_r, r_g, r_b) of one chroma sample (U, V) = (u, v), int16; shift = cy * y_offset.
+    Each product is narrowed to int32 as it is made: left in Numba's int64, the G term became four 64-bit
+    vector multiplies (three micro-ops each on Intel)."""
+    d = _I32(_I32(u) - _I32(128))
+    e = _I32(_I32(v) - _I32(128))
+    t_r = _I32(_I32(_I32(cr_r * e) + _I32(128)) - shift)
+    t_g = _I32(_I32(_I32(128) - _I32(cb_g * d)) - _I32(_I32(cr_g * e) + shift))
+    t_b = _I32(_I32(_I32(cb_b * d) + _I32(128)) - shift)
+    return (_I16(t_r >> _I32(8)), _I16(t_g >> _I32(8)), _I16(t_b >> _I32(8)),
+            _I16(t_r & _I32(255)), _I16(t_g & _I32(255)), _I16(t_b & _I32(255)))
+
+
+@numba.njit(inline="always")
+def _chroma_row(urow, vrow, j0, j1, conv, terms):
+    """terms[c, j] = q and terms[3 + c, j] = r of channel c (R, G, B) at chroma column j, j0 <= j < j1."""
+    shift = _I32(conv[1] * conv[0])
     cr_r, cb_g, cr_g, cb_b = conv[2], conv[3], conv[4], conv[5]
     u = urow[j0:j1]
     v = vrow[j0:j1]
-    t_r = terms[0, j0:j1]
-    t_g = terms[1, j0:j1]
-    t_b = terms[2, j0:j1]
+    q_r, q_g, q_b = terms[0, j0:j1], terms[1, j0:j1], terms[2, j0:j1]
+    r_r, r_g, r_b = terms[3, j0:j1], terms[4, j0:j1], terms[5, j0:j1]
     for j in range(j1 - j0):
-        d = _I32(_I32(u[j]) - _I32(128))
-        e = _I32(_I32(v[j]) - _I32(128))
-        t_r[j] = _I32(cr_r * e + 128)
-        t_g[j] = _I32(128 - cb_g * d - cr_g * e)
-        t_b[j] = _I32(cb_b * d + 128)
+        q_r[j], q_g[j], q_b[j], r_r[j], r_g[j], r_b[j] = _chroma_split(u[j], v[j], shift, cr_r, cb_g, cr_g, cb_b)
 
 
 @numba.njit(inline="always")
-def _level(c, t):
-    """One RGB sample from a luma term c and a chroma term t (int32, in 1/256 units, rounding bias in t).
-    int32 throughout: Numba widens integer arithmetic to int64, whose vector multiplies and min/max are
-    half as wide (and on Intel several times slower)."""
-    return min(max(_I32(_I32(c + t) >> _I32(8)), _I32(0)), _I32(255))
+def _level(y, ay, q, r):
+    """One RGB sample, Y + q + ((a Y + r) >> 8) clipped to 0..255, in int16 (ay = a Y; see above)."""
+    return min(max(_I16(_I16(y + q) + _I16(_I16(ay + r) >> _I16(8))), _I16(0)), _I16(255))
 
 
 @numba.njit(inline="always")
-def _luma_pair(pair, y_offset, cy):
-    """The luma parts (left, right) of the RGB samples of two neighbouring pixels, read as one uint16 (int32,
-    in 1/256 units, see _level). Two bytes in one load keep every loop over pixel pairs free of strided
-    loads, which LLVM does not vectorize well."""
-    lo = _I32(pair & 0xFF)
-    hi = _I32(pair >> 8)
+def _luma_pair(pair, a):
+    """(Y, a Y) of the left and right pixel of a pair read as one uint16, int16. Two bytes in one load keep
+    every loop over pixel pairs free of strided loads, which LLVM does not vectorize well."""
+    lo = _I16(pair & _U16(0xFF))
+    hi = _I16(pair >> _U16(8))
     if not _LITTLE_ENDIAN:
         lo, hi = hi, lo
-    return _I32(_I32(lo - y_offset) * cy), _I32(_I32(hi - y_offset) * cy)
+    return lo, _I16(a * lo), hi, _I16(a * hi)
+
+
+@numba.njit(inline="always")
+def _pair_sums(pair, a, q_r, q_g, q_b, r_r, r_g, r_b):
+    """Channels R, G, B of a pixel pair, each added over its two pixels (int16, at most 510)."""
+    y0, ay0, y1, ay1 = _luma_pair(pair, a)
+    return (_I16(_level(y0, ay0, q_r, r_r) + _level(y1, ay1, q_r, r_r)),
+            _I16(_level(y0, ay0, q_g, r_g) + _level(y1, ay1, q_g, r_g)),
+            _I16(_level(y0, ay0, q_b, r_b) + _level(y1, ay1, q_b, r_b)))
 
 
 @numba.njit(inline="always")
 def _add_rgb_pair_rows(pairs, chroma, y_first, y_end, j0, j1, conv, terms, acc):
     """acc[c, j] = sum over y_first <= y < y_end of channel c of pixels 2j and 2j + 1 of row y of the RGB
     picture of an I420 frame, pixel for pixel the picture i420_to_rgb makes, for j0 <= j < j1. `pairs` is
-    the frame's luma as uint16 pixel pairs, `chroma` its U rows then V rows. Conversion and sums stay in
-    rows of chroma width, which LLVM vectorizes, and the picture is never stored."""
+    the frame's luma as uint16 pixel pairs, `chroma` its U rows then V rows, `terms` 6 int16 rows of
+    scratch. Conversion and sums stay in rows of chroma width, which LLVM vectorizes, and the picture is
+    never stored. acc's dtype must hold 510 (y_end - y_first)."""
     hc = chroma.shape[0] // 2
-    y_offset, cy = conv[0], conv[1]
+    a = _I16(conv[1] - 256)
     nj = j1 - j0
     a_r, a_g, a_b = acc[0, j0:j1], acc[1, j0:j1], acc[2, j0:j1]
-    t_r, t_g, t_b = terms[0, j0:j1], terms[1, j0:j1], terms[2, j0:j1]
+    q_r, q_g, q_b = terms[0, j0:j1], terms[1, j0:j1], terms[2, j0:j1]
+    r_r, r_g, r_b = terms[3, j0:j1], terms[4, j0:j1], terms[5, j0:j1]
     for y in range(y_first, y_end):
         if y == y_first or y % 2 == 0:  # a chroma row serves two luma rows
-            _chroma_terms(chroma[y // 2], chroma[hc + y // 2], j0, j1, conv, terms)
+            _chroma_row(chroma[y // 2], chroma[hc + y // 2], j0, j1, conv, terms)
         row = pairs[y, j0:j1]
+        # two loops, not a branch inside one: LLVM did not vectorize the loop with the branch in it
         if y == y_first:
             for j in range(nj):
-                c0, c1 = _luma_pair(row[j], y_offset, cy)
-                a_r[j] = _level(c0, t_r[j]) + _level(c1, t_r[j])
-                a_g[j] = _level(c0, t_g[j]) + _level(c1, t_g[j])
-                a_b[j] = _level(c0, t_b[j]) + _level(c1, t_b[j])
+                a_r[j], a_g[j], a_b[j] = _pair_sums(row[j], a, q_r[j], q_g[j], q_b[j], r_r[j], r_g[j], r_b[j])
         else:
             for j in range(nj):
-                c0, c1 = _luma_pair(row[j], y_offset, cy)
-                a_r[j] += _level(c0, t_r[j]) + _level(c1, t_r[j])
-                a_g[j] += _level(c0, t_g[j]) + _level(c1, t_g[j])
-                a_b[j] += _level(c0, t_b[j]) + _level(c1, t_b[j])
+                s_r, s_g, s_b = _pair_sums(row[j], a, q_r[j], q_g[j], q_b[j], r_r[j], r_g[j], r_b[j])
+                a_r[j] += s_r
+                a_g[j] += s_g
+                a_b[j] += s_b
 
 
 @numba.njit(inline="always")
@@ -474,11 +500,11 @@ def release_means_i420(frame, height, width, codes, sizes, block, offsets, key, 
 
 @numba.njit(parallel=True, cache=_CACHE, nogil=True)
 def release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block, offsets, key, zero_threshold,
-                                table, guide, n_digits, out):
+                                table, guide, n_digits, acc_proto, out):
     """release_means of the RGB picture of an I420 frame ((3H/2) x W, H and W even) under conv (see
     i420_to_rgb), for even cell sizes, without making the picture: pixel rows are converted into planar
-    rows of counters as the sums need them, one per pixel pair and channel (int32: no narrowing to pay for
-    after the int32 conversion; a cell column of the spec's largest cells, 2 * 255 * 1024, fits). The same
+    rows of counters as the sums need them, one per pixel pair and channel, of acc_proto's dtype (uint16
+    holds a cell column of 510 * b for cells up to 128 px, int32 the spec's largest, 1024 px). The same
     bytes as release_means(i420_to_rgb(frame), ...)."""
     n_by = codes.shape[0]
     n_bx = codes.shape[1]
@@ -486,8 +512,8 @@ def release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block,
     chroma = frame[height:].reshape(height, width // 2)  # U rows, then V rows
     for by in prange(n_by):
         noise, first = _row_noise(key, offsets, by, n_bx, zero_threshold, table, guide, n_digits, out)
-        acc = np.empty((3, width // 2), dtype=np.int32)
-        terms = np.empty((3, width // 2), dtype=np.int32)
+        acc = np.empty((3, width // 2), dtype=acc_proto.dtype)
+        terms = np.empty((6, width // 2), dtype=np.int16)
         _plane_row_means(pairs, 1, height, width, block, sizes, 1, codes, by, offsets, 3, 0, noise, first, acc, out,
                          chroma, conv, terms)
 
@@ -789,23 +815,23 @@ def i420_to_rgb(frame, height, width, conv, out):
     wc = width // 2
     chroma = frame[height:].reshape(2 * hc, wc)
     pairs = frame[:height].view(np.uint16)
-    y_offset, cy = conv[0], conv[1]
+    a = _I16(conv[1] - 256)
     flat = out.reshape(height, width * 3)
     for yc in prange(hc):
-        terms = np.empty((3, wc), dtype=np.int32)
-        _chroma_terms(chroma[yc], chroma[hc + yc], 0, wc, conv, terms)
+        terms = np.empty((6, wc), dtype=np.int16)
+        _chroma_row(chroma[yc], chroma[hc + yc], 0, wc, conv, terms)
+        q_r, q_g, q_b, r_r, r_g, r_b = terms[0], terms[1], terms[2], terms[3], terms[4], terms[5]
         for y in range(2 * yc, 2 * yc + 2):
             row = pairs[y]
             orow = flat[y]
-            t_r, t_g, t_b = terms[0], terms[1], terms[2]
             for j in range(wc):
-                c0, c1 = _luma_pair(row[j], y_offset, cy)
-                orow[6 * j] = _level(c0, t_r[j])
-                orow[6 * j + 1] = _level(c0, t_g[j])
-                orow[6 * j + 2] = _level(c0, t_b[j])
-                orow[6 * j + 3] = _level(c1, t_r[j])
-                orow[6 * j + 4] = _level(c1, t_g[j])
-                orow[6 * j + 5] = _level(c1, t_b[j])
+                y0, ay0, y1, ay1 = _luma_pair(row[j], a)
+                orow[6 * j] = _level(y0, ay0, q_r[j], r_r[j])
+                orow[6 * j + 1] = _level(y0, ay0, q_g[j], r_g[j])
+                orow[6 * j + 2] = _level(y0, ay0, q_b[j], r_b[j])
+                orow[6 * j + 3] = _level(y1, ay1, q_r[j], r_r[j])
+                orow[6 * j + 4] = _level(y1, ay1, q_g[j], r_g[j])
+                orow[6 * j + 5] = _level(y1, ay1, q_b[j], r_b[j])
 
 
 @numba.njit(cache=_CACHE, nogil=True)

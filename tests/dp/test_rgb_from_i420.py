@@ -40,18 +40,70 @@ def test_release_of_an_i420_frame_is_the_release_of_its_rgb_picture(name, colori
         assert a.color == "rgb" and (a.height, a.width, a.channels) == (h, w, 3)
 
 
-@pytest.mark.parametrize("colorimetry", ["bt709", "bt601", "bt2020-full"])
-def test_i420_to_rgb_is_the_integer_rule_exactly(colorimetry, rng):
-    h, w = 10, 14
-    frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
-    frame[0, :4] = (0, 255, 16, 235)  # both ends of both ranges
+def _integer_rule(frame: np.ndarray, colorimetry: str) -> np.ndarray:
+    """yuv_to_rgb_coefficients' rule in plain int64 numpy, as its docstring states it."""
+    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
     y_offset, cy, cr_r, cb_g, cr_g, cb_b = yuv_to_rgb_coefficients(colorimetry).astype(np.int64)
     c = cy * (frame[:h].astype(np.int64) - y_offset)
     chroma = frame[h:].reshape(h, w // 2).astype(np.int64) - 128
     d = chroma[: h // 2].repeat(2, 0).repeat(2, 1)
     e = chroma[h // 2:].repeat(2, 0).repeat(2, 1)
     want = np.stack([c + cr_r * e + 128, c - cb_g * d - cr_g * e + 128, c + cb_b * d + 128], axis=-1) >> 8
-    assert np.array_equal(i420_to_rgb(frame, colorimetry), np.clip(want, 0, 255).astype(np.uint8))
+    return np.clip(want, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("colorimetry", ["bt709", "bt601", "bt2020-full"])
+def test_i420_to_rgb_is_the_integer_rule_exactly(colorimetry, rng):
+    h, w = 10, 14
+    frame = rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    frame[0, :4] = (0, 255, 16, 235)  # both ends of both ranges
+    assert np.array_equal(i420_to_rgb(frame, colorimetry), _integer_rule(frame, colorimetry))
+
+
+def _every_luma_under_extreme_chroma() -> np.ndarray:
+    """An I420 frame in which each of 49 chroma samples (U, V each at and next to both ends and the middle)
+    covers all 256 luma values: chroma row k is sample k 64 times, and its 2x2 blocks hold 4j .. 4j + 3."""
+    levels = np.array([0, 1, 127, 128, 129, 254, 255], dtype=np.uint8)
+    u, v = (g.ravel() for g in np.meshgrid(levels, levels, indexing="ij"))
+    n = u.size
+    luma = np.arange(256).reshape(64, 2, 2).transpose(1, 0, 2).reshape(2, 128).astype(np.uint8)
+    chroma = np.concatenate([np.repeat(u, 64).reshape(n, 64), np.repeat(v, 64).reshape(n, 64)])  # U rows, V rows
+    return np.concatenate([np.tile(luma, (n, 1)), chroma.reshape(n, 128)])
+
+
+@pytest.mark.parametrize("colorimetry", [m + r for m in YUV_MATRICES for r in ("", "-full")])
+def test_the_rule_at_the_ends_of_its_int16_range(colorimetry):
+    """The kernels evaluate the rule in int16 lanes (kernels_cpu: Y + q + ((a Y + r) >> 8) with cy = 256 + a):
+    every luma value under the most extreme chroma, for the picture and for the fused cell sums, with
+    counters of uint16 (cells up to 128 px) and of int32 (larger cells)."""
+    cy = int(yuv_to_rgb_coefficients(colorimetry)[1])
+    assert 256 <= cy < 384, "the int16 evaluation needs 0 <= cy - 256 < 128"
+    frame = _every_luma_under_extreme_chroma()
+    assert frame.shape == (147, 128)
+    assert np.array_equal(i420_to_rgb(frame, colorimetry), _integer_rule(frame, colorimetry))
+    for cell in (2, 128, 130):
+        spec = PixelizeSpec(eps_pix=4.0, m_pixels=1, cell_size=cell)
+        key = secrets.token_bytes(32)
+        a = Pixelizer(spec, backend="cpu").release(frame, key=key, frame_index=0, timestamp_s=1.0, i420=colorimetry)
+        b = Pixelizer(spec, backend="cpu").release(i420_to_rgb(frame, colorimetry), key=key, frame_index=0,
+                                                   timestamp_s=1.0)
+        assert a.to_bytes() == b.to_bytes(), cell
+
+
+@pytest.mark.parametrize("cell", [128, 130])
+def test_the_fused_counters_hold_a_white_cell(cell):
+    """510 per pixel pair over 128 rows is 65280, the most the fused kernel's uint16 counters hold; 130 rows
+    need its int32 ones."""
+    frame = np.zeros((390, 260), dtype=np.uint8)
+    frame[:260] = 255
+    frame[260:] = 128  # full-range white: every channel 255
+    spec = PixelizeSpec(eps_pix=1e4, m_pixels=1, cell_size=cell)  # noise far below a level
+    key = secrets.token_bytes(32)
+    rel = Pixelizer(spec, backend="cpu").release(frame, key=key, frame_index=0, timestamp_s=1.0, i420="bt709-full")
+    assert np.all(rel.means == 255)
+    plain = Pixelizer(spec, backend="cpu").release(i420_to_rgb(frame, "bt709-full"), key=key, frame_index=0,
+                                                   timestamp_s=1.0)
+    assert rel.to_bytes() == plain.to_bytes()
 
 
 # published BT.601 and BT.709 video-range conversion factors (Y scale; V to R; U to G; V to G; U to B)

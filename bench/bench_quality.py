@@ -9,7 +9,7 @@ camera-like synthetic 1080p scene. Writes a table and, with --plot, a PNG.
 reconstructed RGB picture against the RGB image, so the two colour modes' tables compare directly.
 
     python bench/bench_quality.py [--frames 4] [--color rgb|yuv420] [--plot docs/img/adaptive_quality.png]
-        [--json OUT]
+        [--json OUT] [--settings 1:16,0.25:64]   # eps:m pairs instead of the default sweep
 """
 
 from __future__ import annotations
@@ -48,12 +48,26 @@ def psnr(spec: PixelizeSpec, img: np.ndarray, frames: int) -> float:
     return float(10 * np.log10(255.0**2 / mse))
 
 
+def parse_settings(text: str) -> list[tuple[float, int]]:
+    """'1:16,0.25:64' -> [(1.0, 16), (0.25, 64)]."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        out = [(float(eps), int(m)) for eps, m in pairs]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give eps:m_pixels pairs such as 1:16,0.25:64") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one eps:m_pixels pair")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--color", choices=("rgb", "yuv420"), default="rgb")
+    ap.add_argument("--settings", type=parse_settings, default=SETTINGS,
+                    help="comma-separated eps:m_pixels pairs, e.g. 1:16,0.25:64 (default: the built-in sweep)")
     args = ap.parse_args()
     color = args.color
     results = []
@@ -61,7 +75,7 @@ def main() -> int:
         print(f"\n{name}: PSNR dB (higher is better)")
         print(f"  {'eps':>5s} {'m':>3s} " + " ".join(f"{'fixed ' + str(b):>9s}" for b in (4, 8, 16, 32))
               + f" {'previous':>9s} {'private':>9s} {'prev - best fixed':>18s}")
-        for eps, m in SETTINGS:
+        for eps, m in args.settings:
             fixed = {b: psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, cell_size=b, color=color), img, args.frames)
                      for b in (4, 8, 16, 32)}
             prev = psnr(PixelizeSpec(eps_pix=eps, m_pixels=m, layout="previous", color=color), img, args.frames)

@@ -63,7 +63,7 @@ class CpuBackend:
         out = np.empty(n_means, dtype=np.uint8)
         release_means_rgb_from_i420(frame, height, width, conv, codes, sizes, block, offsets, key,
                                     tables.zero_threshold, tables.digits, tables.guide, tables.n_digits,
-                                    _rgb_acc_proto(sizes), out)
+                                    _row_proto(sizes, 510), out)
         return out
 
     @staticmethod
@@ -79,16 +79,10 @@ class CpuBackend:
 _ROW_PROTOS = (np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.int32))
 
 
-def _row_proto(sizes: np.ndarray) -> np.ndarray:
-    """The dtype of the kernels' row counters (b rows of 0..255): uint16 while 255 * b fits (twice the SIMD
-    lanes of int32), else int32."""
-    return _ROW_PROTOS[0 if 255 * int(sizes.max()) <= 0xFFFF else 1]
-
-
-def _rgb_acc_proto(sizes: np.ndarray) -> np.ndarray:
-    """The dtype of release_means_rgb_from_i420's counters (b rows of pixel pairs, 0..510 each): uint16
-    while 510 * b fits, else int32."""
-    return _ROW_PROTOS[0 if 510 * int(sizes.max()) <= 0xFFFF else 1]
+def _row_proto(sizes: np.ndarray, top: int = 255) -> np.ndarray:
+    """The dtype of the kernels' row counters (b rows of 0..top: samples, or 510 for the pixel pairs of
+    release_means_rgb_from_i420): uint16 while top * b fits (twice the SIMD lanes of int32), else int32."""
+    return _ROW_PROTOS[0 if top * int(sizes.max()) <= 0xFFFF else 1]
 
 
 def _noise(n: int, key: np.ndarray, domain: int, tables) -> np.ndarray:

@@ -5,6 +5,8 @@
 2. Frame-resident kernel time at 1080p and 4K, against the measured device-to-device copy bandwidth
    (both counted as bytes read plus bytes written).
 3. Whole `Pixelizer.release` of a device-resident frame (kernel, small transfers, layout choice).
+4. The candidate kernels of bench/cuda_candidates.py on the same frames, layouts and key: identical means
+   first, then each one's device time against the kernel it would replace.
 
     python bench/gpu_check.py [--out DIR]
 """
@@ -31,6 +33,9 @@ from dp import Pixelizer, PixelizeSpec  # noqa: E402
 from dp import kernels_cuda as kc  # noqa: E402
 from dp.layout import Grid  # noqa: E402
 from dp.noise import key_words, laplace_tables  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cuda_candidates as cc  # noqa: E402
 
 
 def scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,6 +105,40 @@ def device_time_us(fn, reps: int) -> float | None:
         t = getattr(item, "device_time_total", None) or getattr(item, "cuda_time_total", 0.0)
         total += t
     return total / reps if total else None
+
+
+def candidates(d: dict, d_frame, spec, tables, rel, reps: int) -> dict:
+    """bench/cuda_candidates.py against the kernels in use, on the same frame, layout and key: the means
+    must be identical to the CPU's release; then each kernel's device time, and the candidates' total."""
+    height, width, channels = d_frame.shape
+    d_guide = cuda.to_device(tables.guide)
+    words = cc.as_words(d_frame)
+    noise = cuda.device_array(d["noise"].shape[0], np.int64)
+    out = cuda.device_array(d["out"].shape[0], np.uint8)
+
+    def new_noise():
+        cc.launch_noise_u32(d["key"], 1, tables, d["table"], d_guide, noise)
+
+    def new_sums():
+        cc.launch_words(words, height, width, channels, d["codes"], d["sizes"], spec.block_size, d["offsets"],
+                        noise, out)
+
+    def old_noise():
+        kc.noise_kernel[-(-noise.shape[0] // kc.NOISE_THREADS), kc.NOISE_THREADS](
+            d["key"], 1, tables.zero_threshold, d["table"], tables.n_digits, noise)
+
+    def old_sums():
+        g = (-(-width // kc.TILE), -(-height // kc.TILE))
+        kc.release_kernel_tiled[g, (kc.TILE, kc.ROW_GROUPS)](
+            d_frame, d["codes"], d["sizes"], spec.block_size, d["offsets"], noise, out)
+
+    new_noise()
+    new_sums()
+    row = {"identical": bool(np.array_equal(out.copy_to_host(), rel.means))}
+    for label, fn in (("noise_us", old_noise), ("noise_u32_us", new_noise), ("sums_tiled_us", old_sums),
+                      ("sums_words_us", new_sums), ("candidates_total_us", lambda: (new_noise(), new_sums()))):
+        row[label] = device_time_us(fn, reps) or timed(fn, reps) * 1e3
+    return row
 
 
 def copy_bandwidth_gbs(n: int) -> float:
@@ -174,7 +213,7 @@ def main() -> int:
             spec = specs()[name]
             px = Pixelizer(spec, backend="cpu")
             px.release(frame)
-            rel = px.release(frame)  # a realistic adaptive layout
+            rel = px.release(frame, key=key)  # a realistic adaptive layout; its means check the candidates
             grid = Grid(frame.shape[0], frame.shape[1], spec.block_size)
             sizes = np.asarray(spec.cell_sizes, dtype=np.int64)
             offsets, n_means = grid.cell_offsets(rel.layout, sizes, spec.channels)
@@ -228,12 +267,21 @@ def main() -> int:
 
                 us = device_time_us(complexity, reps)
                 row["complexity_ms"] = us / 1e3 if us else timed(complexity, reps)
+            if cc.words_path_applies(frame.shape, spec.block_size, sizes):
+                row["candidates"] = candidates(d, d_frame, spec, tables, rel, reps)
             results["kernel"].append(row)
             print(f"kernel {res:6s} {name:9s} {ms * 1e3:8.1f} us ({row['timed_by']}; events+dispatch "
                   f"{ms_events * 1e3:.0f} us; noise alone {us_noise or float('nan'):.1f} us)  {gbs:7.0f} GB/s  "
                   f"{100 * gbs / bw:5.1f}% of copy"
                   + (f"  (+ complexity {row['complexity_ms'] * 1e3:.1f} us)" if "complexity_ms" in row else ""),
                   flush=True)
+            if "candidates" in row:
+                c = row["candidates"]
+                c["fraction_of_copy"] = moved / (c["candidates_total_us"] * 1e-6) / 1e9 / bw
+                print(f"  candidates {'identical' if c['identical'] else 'DIFFERENT'}: noise {c['noise_us']:.1f} -> "
+                      f"{c['noise_u32_us']:.1f} us (u32), sums {c['sums_tiled_us']:.1f} -> {c['sums_words_us']:.1f} us "
+                      f"(words); together {c['candidates_total_us']:.1f} us, {100 * c['fraction_of_copy']:.1f}% of copy",
+                      flush=True)
             # 3. the whole release of a device-resident frame
             gpx = Pixelizer(spec, backend="cuda")
             gpx.release(d_frame)
@@ -246,7 +294,9 @@ def main() -> int:
             print(f"release {res:6s} {name:9s} {wall:.2f} ms per frame (device frame, wall clock)", flush=True)
     with open(os.path.join(args.out, "gpu.json"), "w") as fh:
         json.dump(results, fh, indent=1)
-    return 0 if all(results["parity"].values()) else 1
+    ok = all(results["parity"].values()) and all(
+        row["candidates"]["identical"] for row in results["kernel"] if "candidates" in row)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

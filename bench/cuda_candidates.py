@@ -158,18 +158,8 @@ def release_kernel_words(words, height, width, channels, codes, sizes, block, of
             cuda.atomic.add(sums, cell * 3 + (c + 1) % 3, l1)
             cuda.atomic.add(sums, cell * 3 + (c + 2) % 3, l2)
     cuda.syncthreads()  # every sample is in its cell sum before any mean is finalised
-    for i in range(tid, n_sums, n_threads):
-        tcell = i // channels
-        c = i - tcell * channels
-        py = ty0 + (tcell // cells_x) * b
-        px = tx0 + (tcell % cells_x) * b
-        if py < height and px < width:
-            by = py // block
-            bx = px // block
-            ncx = (min(block, width - bx * block) + b - 1) // b
-            idx = offsets[by * n_bx + bx] + (((py - by * block) // b) * ncx + (px - bx * block) // b) * channels + c
-            n = min(b, height - py) * min(b, width - px)
-            out[idx] = kc.noisy_cell_mean(sums[i], noise[idx], n)
+    kc.tile_means(sums, tid, n_threads, n_sums, channels, b, ty0, tx0, height, width, block, offsets, n_bx, noise,
+                  out)
 
 
 def launch_noise_u32(d_key, domain, tables, d_table, d_guide, noise):

@@ -189,7 +189,17 @@ def release_kernel_tiled(frame, codes, sizes, block, offsets, noise, out):
         for c in range(channels):
             cuda.atomic.add(sums, cell * channels + c, part[c, ty, lane])
     cuda.syncthreads()  # every pixel is in its cell sum before any mean is finalised
-    for i in range(tid, n_sums, TILED_THREADS):
+    tile_means(sums, tid, TILED_THREADS, n_sums, channels, b, ty0, tx0, height, width, block, offsets, n_bx, noise,
+               out)
+
+
+@cuda.jit(device=True)
+def tile_means(sums, tid, n_threads, n_sums, channels, b, ty0, tx0, height, width, block, offsets, n_bx, noise,
+               out):
+    """The noisy means of a 32x32 tile's cells of size b (tile origin ty0, tx0) from their sums in shared
+    memory, each at its index in the release (cells in a macro-block raster, then blocks, channels innermost)."""
+    cells_x = TILE // b
+    for i in range(tid, n_sums, n_threads):
         tcell = i // channels
         c = i - tcell * channels
         py = ty0 + (tcell // cells_x) * b

@@ -1,6 +1,7 @@
 """Decode a source into :class:`Frame` objects: one GStreamer pipeline ending in an appsink.
 
-:class:`FrameSource` owns one pipeline (``source ! decodebin ! videoconvert ! appsink``). It works in two
+:class:`FrameSource` owns one pipeline (``source ! decodebin ! videoconvert ! appsink``; for files ``filesrc !
+parsebin``, whose video stream it links to ``decodebin``). It works in two
 modes:
 
 * pull mode (``on_frame=None``): :meth:`FrameSource.pull` returns the next frame; used by :func:`iter_frames`.
@@ -299,6 +300,8 @@ class FrameSource:
             self._decoder_threads = decoder_threads if decoder_threads is not None else _file_decoder_threads()
             if self._decoder_threads:
                 self.pipeline.connect("deep-element-added", self._configure_decoder)
+            parse = self.pipeline.get_by_name("parse")
+            parse.connect("pad-added", self._link_stream)
         self.sink = self.pipeline.get_by_name("sink")
         self.sink.set_property("sync", bool(realtime and self.spec.kind != "rtsp"))
         self.sink.set_property("max-buffers", max_buffers)
@@ -343,8 +346,39 @@ class FrameSource:
 
     def _configure_decoder(self, _bin, _sub_bin, element) -> None:
         factory = element.get_factory()
-        if factory is not None and factory.get_name().startswith("avdec_"):
+        if factory is not None and factory.get_name().startswith("avdec_") and element.find_property("max-threads"):
             element.set_property("max-threads", self._decoder_threads)
+
+    def _link_stream(self, _parsebin, pad: Gst.Pad) -> None:
+        """A file's parsed stream appeared: the first video stream goes to the decoder, any other to a fakesink.
+
+        Left unlinked, another stream would stop the demuxer (not-linked) and at times leave parsebin waiting
+        forever; read and dropped, it reaches end-of-stream, where a file without video is reported.
+        """
+        sink = self.pipeline.get_by_name("dec").get_static_pad("sink")
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        # image/jpeg: Motion-JPEG, as many cameras record it
+        video = caps is not None and not caps.is_empty() and caps.get_structure(0).get_name().startswith(
+            ("video/", "image/"))
+        if video and not sink.is_linked() and pad.link(sink) == Gst.PadLinkReturn.OK:
+            return
+        drop = Gst.ElementFactory.make("fakesink", None)
+        drop.set_property("sync", False)
+        drop.set_property("async", False)
+        self.pipeline.add(drop)
+        drop.sync_state_with_parent()
+        pad.link(drop.get_static_pad("sink"))
+        pad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._other_stream_event)
+
+    def _other_stream_event(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        event = info.get_event()
+        at_end = event is not None and event.type == Gst.EventType.EOS
+        if at_end and not self.pipeline.get_by_name("dec").get_static_pad("sink").is_linked():
+            err = GLib.Error.new_literal(Gst.StreamError.quark(), "the file has no video stream",
+                                         int(Gst.StreamError.WRONG_TYPE))
+            parse = self.pipeline.get_by_name("parse")
+            parse.post_message(Gst.Message.new_error(parse, err, "parsebin found no video/* stream"))
+        return Gst.PadProbeReturn.OK
 
     def _sample_to_frame(self, sample: Gst.Sample) -> Frame:
         buf = sample.get_buffer()

@@ -149,5 +149,8 @@ def decode_description(spec: SourceSpec, *, channels: int, convert_threads: int,
             f"height={spec.height},framerate={rate} ! {tail}"
         )
     if spec.kind == "file":
-        return f"filesrc name=src ! decodebin name=dec ! {tail}"
+        # parsebin, not decodebin alone: decodebin puts a multiqueue (one more thread and hand-off per frame)
+        # after a demuxer, which a file read as fast as it decodes does not need. FrameSource links
+        # parsebin's first video stream to the decoder and reads any other stream into a fakesink.
+        return f"filesrc name=src ! parsebin name=parse  decodebin name=dec ! {tail}"
     return f"rtspsrc name=src ! decodebin name=dec ! {tail}"

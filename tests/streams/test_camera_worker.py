@@ -362,6 +362,22 @@ def test_source_in_an_unknown_format_is_failed_as_unsupported(tmp_path, workers)
     assert worker.stats.frames_ingested == 0
 
 
+def test_file_without_a_video_stream_is_failed_not_retried(tmp_path, workers):
+    from streams.gst import Gst, parse_pipeline, shutdown_pipeline
+
+    path = tmp_path / "audio.mp4"
+    mux = parse_pipeline("audiotestsrc num-buffers=50 ! audioconvert ! avenc_aac ! mp4mux ! filesink name=sink")
+    mux.get_by_name("sink").set_property("location", str(path))
+    mux.set_state(Gst.State.PLAYING)
+    assert mux.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.EOS) is not None
+    shutdown_pipeline(mux)
+    worker = make_worker(str(path), [], failed_retry_s=60.0)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.health.state is HealthState.FAILED, 10)
+    assert "unsupported codec or container: the file has no video stream" in worker.health.reason
+
+
 def test_silent_server_is_stalled_then_reconnected_and_recovers(server_process, workers):
     """SIGSTOP keeps the TCP connection open but sends nothing: only the frame clock can notice."""
     import os

@@ -247,6 +247,39 @@ def test_file_that_is_not_video_is_an_ingest_error(tmp_path):
         list(iter_frames(str(junk)))
 
 
+def _mux(path, branches: str, muxer: str = "mp4mux") -> str:
+    """Write a file whose tracks come from gst-launch `branches` feeding `muxer name=m` (pads in order)."""
+    from streams.gst import parse_pipeline, shutdown_pipeline
+
+    pipeline = parse_pipeline(f"{muxer} name=m ! filesink name=sink {branches}")
+    pipeline.get_by_name("sink").set_property("location", str(path))
+    pipeline.set_state(Gst.State.PLAYING)
+    msg = pipeline.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    shutdown_pipeline(pipeline)
+    assert msg is not None and msg.type == Gst.MessageType.EOS
+    return str(path)
+
+
+_AUDIO = "audiotestsrc num-buffers=50 ! audioconvert ! avenc_aac ! queue ! m.audio_0"
+
+
+@pytest.mark.parametrize(("name", "muxer", "encoder"), [("av.mp4", "mp4mux", "x264enc"),
+                                                     ("mjpeg.avi", "avimux", "jpegenc")])
+def test_file_with_an_audio_track_first_decodes_its_video(tmp_path, name, muxer, encoder):
+    """The audio track comes first in the file: the decoder still gets the video stream (H.264, or Motion-JPEG
+    as many cameras record it), every frame."""
+    path = _mux(tmp_path / name, f"{_AUDIO} videotestsrc num-buffers=24 pattern=smpte ! "
+                                 f"video/x-raw,width=160,height=120 ! {encoder} ! queue ! m.video_0", muxer)
+    frames = list(iter_frames(path, pixel_format="i420"))
+    assert len(frames) == 24 and frames[0].array.shape == (180, 160)
+
+
+def test_file_without_a_video_stream_is_an_unsupported_ingest_error(tmp_path):
+    path = _mux(tmp_path / "audio.mp4", _AUDIO)
+    with pytest.raises(IngestError, match="unsupported codec or container: the file has no video stream"):
+        list(iter_frames(path))
+
+
 def test_endless_test_pattern_needs_a_limit():
     with pytest.raises(ConfigError, match="never ends"):
         list(iter_frames("test:ball"))

@@ -100,6 +100,12 @@ def _tls_database(ca_file: str | os.PathLike) -> Gio.TlsDatabase:
         raise ConfigError(f"tls_ca_file {path!r}: {exc.message}") from None
 
 
+def _video_streams_only(_rtspsrc, _num: int, caps: Gst.Caps) -> bool:
+    """rtspsrc's select-stream: set up a camera's video streams only. Its audio (and metadata) streams are
+    never requested, so no sound from the room reaches this process and no bandwidth is spent on it."""
+    return caps.get_size() > 0 and caps.get_structure(0).get_string("media") == "video"
+
+
 def _file_decoder_threads() -> int:
     """libav frame threads for decoding a file: one more than the cores. Each frame thread waits on the
     previous frame's rows, so with exactly one per core (libav's choice) a core taken by the release
@@ -295,6 +301,7 @@ class FrameSource:
                 src.set_property("tls-validation-flags", 0)
             if tls_ca_file is not None:
                 src.set_property("tls-database", _tls_database(tls_ca_file))
+            src.connect("select-stream", _video_streams_only)
         elif self.spec.kind == "file":
             src.set_property("location", self.spec.location)
             self._decoder_threads = decoder_threads if decoder_threads is not None else _file_decoder_threads()

@@ -227,18 +227,21 @@ class LocalRtspServer:
         height: int = 240,
         fps: int = 30,
         encoder: EncoderSettings | None = None,
+        audio: bool = False,
     ) -> TestPatternMount:
-        """Serve a moving videotestsrc pattern as H.264 (shared by all clients)."""
+        """Serve a moving videotestsrc pattern as H.264 (shared by all clients); ``audio=True`` adds a tone as
+        AAC, listed before the video, as a camera with a microphone does."""
         self._check_mount(mount)
         if pattern not in TEST_PATTERNS:
             raise ConfigError(f"pattern={pattern!r}; one of {sorted(TEST_PATTERNS)}")
         encoder = encoder or EncoderSettings(key_int_max=int(fps))
         speed = 0 if pattern == "ball" else 4
+        sound = "audiotestsrc is-live=true ! audioconvert ! avenc_aac ! rtpmp4gpay name=pay0 pt=97 " if audio else ""
         factory = GstRtspServer.RTSPMediaFactory.new()
         factory.set_launch(
-            f"( videotestsrc is-live=true pattern={pattern} horizontal-speed={speed} ! capsfilter name=size ! "
+            f"( {sound}videotestsrc is-live=true pattern={pattern} horizontal-speed={speed} ! capsfilter name=size ! "
             f"videoconvert ! video/x-raw,format=I420 ! {encoder.x264_description()} ! "
-            "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+            f"rtph264pay name=pay{int(audio)} pt=96 config-interval=-1 )"
         )
         factory.set_shared(True)
         handle = TestPatternMount(mount, factory, width, height, fps)

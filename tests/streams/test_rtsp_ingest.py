@@ -31,6 +31,22 @@ def test_rtsp_over_udp_yields_frames(rtsp_server):
     assert len(frames) == 5 and frames[0].array.shape == (120, 160, 3)
 
 
+def test_a_cameras_audio_stream_is_never_set_up(rtsp_server):
+    """The camera lists an AAC stream before its video: only the video is requested and decoded."""
+    from streams.ingest import FrameSource
+
+    rtsp_server.serve_test_pattern("/cam", width=160, height=120, audio=True)
+    source = FrameSource(rtsp_server.url("/cam"))
+    try:
+        source.start()
+        frame = source.pull(10.0)
+        assert frame is not None and frame.array.shape == (120, 160, 3)
+        pads = source.pipeline.get_by_name("src").srcpads  # rtspsrc: one pad per stream it set up
+        assert [p.get_current_caps().get_structure(0).get_string("media") for p in pads] == ["video"]
+    finally:
+        source.stop()
+
+
 def test_rtsp_duration_limits_wall_time(rtsp_server):
     rtsp_server.serve_test_pattern("/cam", width=160, height=120, fps=30)
     start = time.monotonic()

@@ -384,7 +384,7 @@ class FrameSource:
             err = GLib.Error.new_literal(Gst.StreamError.quark(), "the file has no video stream",
                                          int(Gst.StreamError.WRONG_TYPE))
             parse = self.pipeline.get_by_name("parse")
-            parse.post_message(Gst.Message.new_error(parse, err, "parsebin found no video/* stream"))
+            parse.post_message(Gst.Message.new_error(parse, err, ""))
         return Gst.PadProbeReturn.OK
 
     def _sample_to_frame(self, sample: Gst.Sample) -> Frame:

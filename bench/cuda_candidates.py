@@ -151,10 +151,10 @@ def release_kernel_words(words, height, width, channels, codes, sizes, block, of
         l1 = int32(hi & _U32(0xFFFF))
         l3 = int32(hi >> _U32(16))
         if channels == 1:
-            cuda.atomic.add(sums, cell, l0 + l1 + l2 + l3)
+            cuda.atomic.add(sums, cell, int32(l0 + l1 + l2 + l3))
         else:
             c = tx % 3  # byte 4tx + k of the tile row is channel (tx + k) mod 3
-            cuda.atomic.add(sums, cell * 3 + c, l0 + l3)
+            cuda.atomic.add(sums, cell * 3 + c, int32(l0 + l3))
             cuda.atomic.add(sums, cell * 3 + (c + 1) % 3, l1)
             cuda.atomic.add(sums, cell * 3 + (c + 2) % 3, l2)
     cuda.syncthreads()  # every sample is in its cell sum before any mean is finalised

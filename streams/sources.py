@@ -149,8 +149,7 @@ def decode_description(spec: SourceSpec, *, channels: int, convert_threads: int,
             f"height={spec.height},framerate={rate} ! {tail}"
         )
     if spec.kind == "file":
-        # parsebin, not decodebin alone: decodebin puts a multiqueue (one more thread and hand-off per frame)
-        # after a demuxer, which a file read as fast as it decodes does not need. FrameSource links
-        # parsebin's first video stream to the decoder and reads any other stream into a fakesink.
+        # parsebin, so that FrameSource picks the stream: the first video stream goes to decodebin, any
+        # other is read and dropped (decodebin alone would decode a file's audio too, for nothing)
         return f"filesrc name=src ! parsebin name=parse  decodebin name=dec ! {tail}"
     return f"rtspsrc name=src ! decodebin name=dec ! {tail}"

@@ -255,12 +255,17 @@ def complexity_kernel(frame, block, clip, noise, out):
 
 
 class CudaBackend:
-    """Launches the kernels; keeps the noise tables on the device per noise scale."""
+    """Launches the kernels; keeps the noise tables on the device per noise scale, and its device buffers
+    (frame, codes, offsets, key, noise, means) from one release to the next, grown when a frame needs more:
+    numba allocates with cuMemAlloc and frees with cuMemFree, every time. One release at a time (each
+    Pixelizer has its own backend and holds its lock for the whole release); every buffer is written in full
+    before a kernel reads it."""
 
     name = "cuda"
 
     def __init__(self) -> None:
         self._tables: dict = {}
+        self._buffers: dict = {}
 
     def _device_table(self, tables):
         hit = self._tables.get(tables.scale)
@@ -269,24 +274,40 @@ class CudaBackend:
             self._tables[tables.scale] = hit
         return hit
 
-    @staticmethod
-    def to_device(frame):
+    def _buffer(self, name: str, n: int, dtype):
+        """The first n items of this backend's device buffer `name`, reallocated only to grow."""
+        dtype = np.dtype(dtype)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = cuda.device_array(max(int(n), 1), dtype=dtype)
+            self._buffers[name] = buf
+        return buf[: int(n)]
+
+    def _upload(self, name: str, host):
+        host = np.ascontiguousarray(host)
+        dev = self._buffer(name, host.size, host.dtype)
+        dev.copy_to_device(host.reshape(-1))
+        return dev.reshape(host.shape)
+
+    def to_device(self, frame):
         if hasattr(frame, "__cuda_array_interface__") or hasattr(frame, "copy_to_host"):
             return frame
-        return cuda.to_device(np.ascontiguousarray(frame))
+        return self._upload("frame", frame)
 
     def noise(self, n: int, key, domain: int, tables):
         """Device buffer of n samples (counters 0..n-1) in one launch."""
-        out = cuda.device_array(n, dtype=np.int64)
+        out = self._buffer(f"noise-{domain}", n, np.int64)
         blocks = -(-n // 2) if tables.n_digits <= 3 else n
         noise_kernel[-(-blocks // NOISE_THREADS), NOISE_THREADS](
-            cuda.to_device(key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits, out)
+            self._upload("key", key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits,
+            out)
         return out
 
     def release_means(self, frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:
         noise = self.noise(n_means, key, _PIXELS, tables)
-        out = cuda.device_array(n_means, dtype=np.uint8)
-        d_codes, d_sizes, d_offsets = cuda.to_device(codes), cuda.to_device(sizes), cuda.to_device(offsets)
+        out = self._buffer("means", n_means, np.uint8)
+        d_codes, d_sizes, d_offsets = self._upload("codes", codes), self._upload("sizes", sizes), self._upload(
+            "offsets", offsets)
         if tiled_path_applies(block, sizes):
             height, width = frame.shape[0], frame.shape[1]
             grid = (-(-width // TILE), -(-height // TILE))
@@ -299,16 +320,17 @@ class CudaBackend:
     def release_means_i420(self, frame, height, width, codes, sizes, block, offsets, n_means, key,
                            tables) -> np.ndarray:
         noise = self.noise(n_means, key, _PIXELS, tables)
-        out = cuda.device_array(n_means, dtype=np.uint8)
+        out = self._buffer("means", n_means, np.uint8)
         flat = self.to_device(frame).reshape(frame.shape[0] * frame.shape[1])  # contiguous: a view
         n_by, n_bx = codes.shape
-        release_kernel_i420[(n_bx, n_by), THREADS](flat, height, width, cuda.to_device(codes), cuda.to_device(sizes),
-                                                   block, cuda.to_device(offsets), noise, out)
+        release_kernel_i420[(n_bx, n_by), THREADS](flat, height, width, self._upload("codes", codes),
+                                                   self._upload("sizes", sizes), block,
+                                                   self._upload("offsets", offsets), noise, out)
         return out.copy_to_host()
 
     def noisy_complexity(self, frame, block, clip, n_blocks, grid_shape, key, tables) -> np.ndarray:
         noise = self.noise(n_blocks, key, _LAYOUT, tables)
-        out = cuda.device_array(n_blocks, dtype=np.int64)
+        out = self._buffer("complexity", n_blocks, np.int64)
         n_by, n_bx = grid_shape
         complexity_kernel[(n_bx, n_by), (TILE, ROW_GROUPS)](frame, block, clip, noise, out)
         return out.copy_to_host()

@@ -53,6 +53,15 @@ COMPARE = textwrap.dedent(
             a = cpu.release(frame, key=key, timestamp_s=1.0, i420=i420)
             b = gpu.release(frame, key=key, timestamp_s=1.0, i420=i420)
             assert a.to_bytes() == b.to_bytes(), name
+    # one CUDA backend across frame sizes: its device buffers are allocated, grown, then used in part
+    for name in ("private-16-generic", "previous-32-tiled"):
+        spec = specs[name]
+        cpu, gpu = Pixelizer(spec, backend="cpu"), Pixelizer(spec, backend="cuda")
+        for fh, fw in ((h // 2 + 1, w // 3 + 1), (h, w), (h // 2 + 1, w // 3 + 1)):
+            frame = rng.integers(0, 256, (fh, fw, spec.channels), dtype=np.uint8)
+            key = secrets.token_bytes(32)
+            a = cpu.release(frame, key=key, timestamp_s=1.0)
+            assert a.to_bytes() == gpu.release(frame, key=key, timestamp_s=1.0).to_bytes(), (name, fh, fw)
     print("identical")
     """
 )

@@ -255,11 +255,12 @@ def complexity_kernel(frame, block, clip, noise, out):
 
 
 class CudaBackend:
-    """Launches the kernels; keeps the noise tables on the device per noise scale, and its device buffers
-    (frame, codes, offsets, key, noise, means) from one release to the next, grown when a frame needs more:
-    numba allocates with cuMemAlloc and frees with cuMemFree, every time. One release at a time (each
-    Pixelizer has its own backend and holds its lock for the whole release); every buffer is written in full
-    before a kernel reads it."""
+    """Launches the kernels; keeps the noise tables on the device per noise scale, and the device buffers of
+    the frame, codes, offsets, sizes and means from one release to the next, grown when a frame needs more
+    (numba allocates with cuMemAlloc and frees with cuMemFree, every time). One release at a time: each
+    Pixelizer has its own backend and holds its lock for the whole release, and every buffer is written in
+    full before a kernel reads it. The key and the noise are never kept: with a release's means they would
+    give its un-noised sums, so each release allocates its own and lets them go."""
 
     name = "cuda"
 
@@ -296,11 +297,10 @@ class CudaBackend:
 
     def noise(self, n: int, key, domain: int, tables):
         """Device buffer of n samples (counters 0..n-1) in one launch."""
-        out = self._buffer(f"noise-{domain}", n, np.int64)
+        out = cuda.device_array(n, dtype=np.int64)
         blocks = -(-n // 2) if tables.n_digits <= 3 else n
         noise_kernel[-(-blocks // NOISE_THREADS), NOISE_THREADS](
-            self._upload("key", key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits,
-            out)
+            cuda.to_device(key), domain, tables.zero_threshold, self._device_table(tables), tables.n_digits, out)
         return out
 
     def release_means(self, frame, codes, sizes, block, offsets, n_means, key, tables) -> np.ndarray:

@@ -266,8 +266,8 @@ _AUDIO = "audiotestsrc num-buffers=50 ! audioconvert ! avenc_aac ! queue ! m.aud
 @pytest.mark.parametrize(("name", "muxer", "encoder"), [("av.mp4", "mp4mux", "x264enc"),
                                                      ("mjpeg.avi", "avimux", "jpegenc")])
 def test_file_with_an_audio_track_first_decodes_its_video(tmp_path, name, muxer, encoder):
-    """The audio track comes first in the file: the decoder still gets the video stream (H.264, or Motion-JPEG
-    as many cameras record it), every frame."""
+    """A file with sound: the decoder gets its video stream, every frame, whether it is H.264 in an MP4 whose
+    audio track comes first, or Motion-JPEG (image/jpeg, as many cameras record it) in an AVI."""
     path = _mux(tmp_path / name, f"{_AUDIO} videotestsrc num-buffers=24 pattern=smpte ! "
                                  f"video/x-raw,width=160,height=120 ! {encoder} ! queue ! m.video_0", muxer)
     frames = list(iter_frames(path, pixel_format="i420"))

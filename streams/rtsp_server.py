@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--bitrate-kbps", type=int, default=None)
+    parser.add_argument("--audio", action="store_true", help="test pattern: add a tone as AAC, as a camera with a "
+                        "microphone would (dpstream never requests it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     server = LocalRtspServer(port=args.port, host=args.host)
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             height=args.height,
             fps=args.fps,
             encoder=encoder,
+            audio=args.audio,
         )
     server.start()
     print(f"READY {server.url(args.mount)}", flush=True)

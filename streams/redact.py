@@ -11,7 +11,7 @@ functions at the edge.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 # Query parameters that carry secrets in common camera/NVR URL schemes.
 _SECRET_QUERY_KEYS = frozenset(
@@ -30,8 +30,10 @@ _SECRET_QUERY_KEYS = frozenset(
     }
 )
 
-# scheme://userinfo@ : userinfo is anything up to the first '@' that is not a path, query or fragment char.
-_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#]*)@")
+# scheme://userinfo@ : everything from the scheme to the last '@' before whitespace. A password typed with a raw
+# '/', '?', '#' or '@' (instead of %2F, %3F, %23, %40) would end the userinfo early under RFC 3986 and survive
+# a strict parse; masking up to the last '@' may hide part of a path that contains one, never a password.
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>\S*)@")
 _QUERY_SECRET_RE = re.compile(
     r"(?P<key>(?:[?&;])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r"))=(?P<value>[^&\s#;]*)",
     re.IGNORECASE,
@@ -42,15 +44,18 @@ REDACTED = "***"
 def redact_url(url: str) -> str:
     """Return ``url`` with its userinfo and secret-looking query values replaced by ``***``.
 
-    Never raises: a string that does not parse as a URL is redacted textually instead.
+    Everything between ``://`` and the last ``@`` counts as userinfo, even where a strict parse would end it
+    sooner (a password typed with a raw ``/``, ``?`` or ``#``). Never raises: a string that does not parse as
+    a URL is redacted textually instead.
     """
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        url = scheme + sep + REDACTED + "@" + rest.rsplit("@", 1)[1]
     try:
         parts = urlsplit(url)
     except ValueError:
         return redact_text(url)
     netloc = parts.netloc
-    if "@" in netloc:
-        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -79,17 +84,10 @@ def redact_text(text: str, *secrets: str) -> str:
 
 def url_secrets(url: str) -> tuple[str, ...]:
     """The user name and password of ``url`` (percent-decoded and raw), for :func:`redact_text`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    _scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return ()
-    found: list[str] = []
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        raw_user, _, raw_pw = userinfo.partition(":")
-        found += [raw_user, raw_pw]
-        if parts.username:
-            found.append(parts.username)
-        if parts.password:
-            found.append(parts.password)
+    userinfo = rest.rsplit("@", 1)[0]  # as redact_url reads it: up to the last '@'
+    raw_user, _, raw_pw = userinfo.partition(":")
+    found = [raw_user, raw_pw, unquote(raw_user), unquote(raw_pw)]
     return tuple(s for s in dict.fromkeys(found) if s)

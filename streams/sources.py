@@ -79,6 +79,16 @@ def _parse_rtsp(uri: str) -> SourceSpec:
     display = redact_url(uri)
     try:
         parts = urlsplit(uri)
+    except ValueError as exc:  # an unbalanced IPv6 bracket: the message quotes no part of the URL
+        raise ConfigError(f"source {display!r}: malformed RTSP URL ({exc}); expected rtsp://host[:port]/path") from None
+    if "@" in parts.path + parts.query + parts.fragment:
+        # rtsp://user:pa/ss@host/ parses as host 'user', port 'pa' and a path: a password was meant. Checked
+        # before the port, whose error would quote the 'pa'.
+        raise ConfigError(
+            f"source {display!r}: malformed RTSP URL, '@' after the host; percent-encode '/', '?', '#' and '@' "
+            "in a user name or password (%2F, %3F, %23, %40), and '@' in a path (%40)"
+        )
+    try:
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
     except ValueError as exc:
         raise ConfigError(

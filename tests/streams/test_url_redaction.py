@@ -7,11 +7,18 @@ import string
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import pytest
+
+from dp.errors import ConfigError
 from streams.redact import redact_text, redact_url, url_secrets
+from streams.sources import parse_source
 
 # Passwords as people type them, including characters that must be percent-encoded in a URL.
 # '*' is left out: it is the redaction marker itself.
 secret = st.text(alphabet=string.ascii_letters + string.digits + "!$%&'()+,;=-._~", min_size=3, max_size=24)
+# The same typed raw, with the characters that end a URL's userinfo early under RFC 3986 (a strict parse
+# then reads 'user:pa' as host and port, and '/ss@host' as the path).
+typed = st.text(alphabet=string.ascii_letters + string.digits + "!$&()+,;=-._~/?#@:", min_size=3, max_size=24)
 TEMPLATE = "Could not open rtsp://:@cam.local/live: connection refused (user )"
 
 
@@ -44,3 +51,32 @@ def test_secret_query_parameters_are_redacted_and_others_kept():
 def test_urls_without_credentials_are_unchanged():
     assert redact_url("rtsp://127.0.0.1:8554/cam") == "rtsp://127.0.0.1:8554/cam"
     assert redact_text("plain message") == "plain message"
+
+
+@given(user=secret, password=typed, host=st.sampled_from(["10.0.0.5", "cam.local", "[::1]"]))
+def test_a_password_typed_with_raw_reserved_characters_is_redacted_everywhere(user, password, host):
+    url = f"rtsp://{user}:{password}@{host}:554/stream1"
+    for out in (redact_url(url), redact_text(f"connecting to {url} failed").split()[2]):
+        assert out == f"rtsp://***@{host}:554/stream1"
+    assert {user, password} <= set(url_secrets(url))
+    try:
+        display = parse_source(url).display
+    except ConfigError as exc:  # '/', '?' or '#' in it: refused, and the refusal quotes only the redacted URL
+        assert any(c in password for c in "/?#")
+        display = str(exc).split("'")[1]
+    assert display == f"rtsp://***@{host}:554/stream1"
+
+
+@pytest.mark.parametrize("url", ["rtsp://admin:12/s3cret@127.0.0.1/live", "rtsp://admin:pa/ss@127.0.0.1/live",
+                                 "rtsp://admin:pa#ss@127.0.0.1/live", "rtsp://admin:pa?ss@127.0.0.1/live"])
+def test_an_rtsp_url_with_an_at_sign_after_the_host_is_refused_without_its_secret(url):
+    with pytest.raises(ConfigError, match="percent-encode") as info:
+        parse_source(url)
+    message = str(info.value)
+    assert "rtsp://***@127.0.0.1/live" in message
+    assert not any(part in message for part in ("s3cret", "pa/ss", "pa#ss", "pa?ss", "admin", "'pa'"))
+
+
+def test_a_password_with_a_raw_at_sign_is_redacted_whole():
+    assert redact_text("open rtsp://admin:p@ss@10.0.0.5/live failed") == "open rtsp://***@10.0.0.5/live failed"
+    assert parse_source("rtsp://admin:p@ss@10.0.0.5/live").display == "rtsp://***@10.0.0.5/live"

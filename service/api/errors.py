@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dp.errors import StoreUnavailable
@@ -14,6 +15,14 @@ log = logging.getLogger("dpstream.api")
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each offending value ("input"): a camera URL with its password, or a
+        # NaN that JSON cannot carry (a 500 instead of this 422). Where and why is what a client needs.
+        detail = [{"type": e.get("type", ""), "loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         REDIS_ERRORS.labels("api").inc()

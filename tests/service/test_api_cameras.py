@@ -151,3 +151,28 @@ def test_status_of_an_unowned_camera_is_unassigned(admin: httpx.Client) -> None:
     assert s["state"] == "UNASSIGNED" and s["worker"] is None
     assert admin.get("/api/v1/cameras/lobby/releases/latest").status_code == 404
     assert admin.get("/api/v1/cameras/lobby/releases").json() == []
+
+
+@pytest.mark.parametrize("password", ["12/s3cret", "pa/ss3cret", "pa#ss3cret", "pa?ss3cret"])
+def test_a_password_typed_with_a_raw_slash_hash_or_question_mark_is_never_echoed(
+    admin: httpx.Client, password: str
+) -> None:
+    # unencoded, these end the URL's userinfo early: a strict parse reads 'admin:12' as host and port
+    r = admin.post("/api/v1/cameras", json={"id": "gate", "source": f"rtsp://admin:{password}@10.0.0.5/live"})
+    assert r.status_code == 422, r.text
+    assert "s3cret" not in r.text and "admin" not in r.text
+    assert "percent-encode" in r.text and "rtsp://***@10.0.0.5/live" in r.text
+    assert admin.get("/api/v1/cameras/gate").status_code == 404
+
+
+@pytest.mark.parametrize("body", ['{"eps_pix": NaN}', '{"window_s": Infinity}', '{"eps_window": -Infinity}',
+                                  '{"source": "rtsp://admin:s3cret@10.0.0.5/live", "m_pixels": NaN}'])
+def test_nan_and_infinity_in_a_body_are_422_without_echoing_it(admin: httpx.Client, body: str) -> None:
+    for method, path in (("POST", "/api/v1/cameras"), ("PATCH", "/api/v1/cameras/hall")):
+        admin.post("/api/v1/cameras", json={"id": "hall", "source": TEST_SOURCE})
+        r = admin.request(method, path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (method, r.status_code, r.text)
+        assert r.json()["detail"] and all(e["msg"] and e["loc"] for e in r.json()["detail"])
+        assert "s3cret" not in r.text
+    # the connection is still usable afterwards
+    assert admin.get("/api/v1/cameras/hall").status_code == 200

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-
-import pytest
 
 from dp.errors import ConfigError
 from streams.redact import redact_text, redact_url, url_secrets

@@ -17,6 +17,9 @@ def budget_of(camera: Camera, ledger_state: dict[str, Any] | None, now_s: float)
 
     if ledger_state is not None:
         ledger = Ledger.from_dict(ledger_state)
+        # the stored state carries the window of its last spend; the camera may have been changed since (and a
+        # worker applies a change to its ledger at once, while the store sees it only with the next release)
+        ledger.reconfigure(camera.eps_window, camera.window_s)
         spent, remaining = float(ledger.spent(now_s)), float(ledger.remaining(now_s))
     else:
         spent, remaining = 0.0, float(camera.eps_window)

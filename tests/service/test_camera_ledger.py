@@ -52,3 +52,19 @@ def test_spend_stamped_before_the_last_one_is_charged_at_the_later_time() -> Non
     taken_over = CameraLedger.for_camera(camera(eps_window=4.0, window_s=10.0), ledger.to_dict())
     assert taken_over.try_spend(99.5, 1.0)  # another machine's clock, half a second behind
     assert taken_over.spent(100.0) == 2.0
+
+
+def test_the_reported_budget_follows_a_changed_window_before_the_next_release() -> None:
+    from service.budget import budget_of
+
+    old = camera(eps_window=5.0, window_s=10.0)
+    ledger = CameraLedger.for_camera(old, None)
+    for t in (100.0, 101.0, 102.0, 103.0, 104.0):
+        assert ledger.try_spend(t, 1.0)
+    state = ledger.to_dict()  # what the store holds: the last release's ledger
+    assert budget_of(old, state, 105.0).eps_remaining == 0.0
+    wider = old.model_copy(update={"eps_window": 100.0})
+    budget = budget_of(wider, state, 105.0)
+    assert (budget.eps_spent, budget.eps_remaining, budget.guarantee.eps_window) == (5.0, 95.0, 100.0)
+    shorter = old.model_copy(update={"window_s": 2.0})  # only the spends at 103 and 104 are in its window
+    assert budget_of(shorter, state, 105.0).eps_spent == 2.0

@@ -53,9 +53,9 @@ def _fixed(x: Decimal) -> int:
     return min(max(v, 0), TWO64 - 1)
 
 
-@lru_cache(maxsize=64)
-def laplace_tables(scale: Decimal) -> LaplaceTables:
-    """Tables for Pr[Z = z] ∝ exp(-|z|/scale); cached per scale (one per camera configuration)."""
+def sampler_digits(scale: Decimal) -> int:
+    """Base-256 digits the sampler draws for DiscreteLaplace(scale) (the dropped tail is under 2^-64); a
+    ConfigError when the scale is not positive or needs more than MAX_DIGITS. Cheap: PixelizeSpec checks it."""
     with localcontext() as ctx:
         ctx.prec = 60
         t = Decimal(scale)
@@ -64,10 +64,21 @@ def laplace_tables(scale: Decimal) -> LaplaceTables:
         n_digits = 1
         while Decimal(256) ** n_digits / t <= _LN2_64:
             n_digits += 1
-        if n_digits > MAX_DIGITS:
-            raise ConfigError(
-                f"noise scale {scale} is too large for the sampler (max about 1.6e15); raise eps or lower m_pixels"
-            )
+            if n_digits > MAX_DIGITS:
+                raise ConfigError(
+                    f"noise scale {scale:.3g} is too large for the sampler (max about 1.6e15); raise eps or lower "
+                    "m_pixels"
+                )
+    return n_digits
+
+
+@lru_cache(maxsize=64)
+def laplace_tables(scale: Decimal) -> LaplaceTables:
+    """Tables for Pr[Z = z] ∝ exp(-|z|/scale); cached per scale (one per camera configuration)."""
+    n_digits = sampler_digits(scale)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        t = Decimal(scale)
         q = (-1 / t).exp()
         p_zero = (1 - q) / (1 + q)
         # the zero decision compares the top 63 bits of a 64-bit uniform (its low bit is the sign)

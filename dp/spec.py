@@ -171,6 +171,12 @@ class PixelizeSpec:
             set_(self, "layout_map", tuple(tuple(int(v) for v in row) for row in arr))
         elif self.layout_map is not None:
             raise ConfigError(f"layout_map is only used by layout='map', not {self.layout!r}")
+        # a scale the sampler cannot draw would refuse every frame of this spec: refuse the spec instead
+        from dp.noise import sampler_digits
+
+        sampler_digits(self.noise_scale)
+        if self.layout == "private":
+            sampler_digits(self.layout_noise_scale)
 
     # --- the privacy map -------------------------------------------------------------------------
     @property

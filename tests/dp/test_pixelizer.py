@@ -342,6 +342,9 @@ def test_foreign_and_corrupted_bytes_are_refused(rng):
         ({"eps_pix": 1, "layout": "map"}, "layout_map"),
         ({"eps_pix": 1, "layout": "map", "layout_map": [[16, 5]]}, "layout_map"),
         ({"eps_pix": 1, "layout": "previous", "cell_size": 12}, "cell_size"),
+        # noise the sampler cannot draw: refused here, not on every frame
+        ({"eps_pix": 1e-12}, "too large for the sampler"),
+        ({"eps_pix": 1, "layout": "private", "eps_layout": 1e-14}, "too large for the sampler"),
     ],
 )
 def test_bad_specs_are_refused_with_the_setting_named(kwargs, fragment):

@@ -72,6 +72,21 @@ class Ledger:
             self._last_t = t
             return True
 
+    def refund(self, t_s: float, eps: float) -> bool:
+        """Take back the latest spend if it is `eps` at `t_s`: for a release that failed before any output
+        existed (a refused frame), whose budget was never used. True when it was taken back.
+
+        Only the caller that made the spend may refund it, and only while nothing of that release exists:
+        a refund after an output left would break the guarantee.
+        """
+        cost = exact_epsilon(_check_eps("eps", eps))
+        with self._lock:
+            if not self._spends or self._spends[-1] != (float(t_s), cost):
+                return False
+            self._spends.pop()
+            self._total -= cost
+            return True  # _last_t stays: later spends still may not come earlier than this one
+
     def reconfigure(self, eps_window: float, window_s: float) -> None:
         """Change the budget and window in place (live configuration); spends already made stay counted.
 

@@ -184,6 +184,7 @@ class StreamsCameraRunner:
             "frames_ingested": s.frames_ingested, "frames_released": s.frames_released,
             "frames_dropped": s.frames_dropped, "frames_skipped": s.frames_skipped,
             "frames_over_budget": s.frames_repeated,
+            "frames_rejected": s.release_errors, "rejected_reason": s.last_release_error,
             "reconnects": s.reconnects,
         }
 

@@ -238,6 +238,9 @@ class CameraStatus(Model):
     frames_skipped: int = Field(default=0, description="Frames skipped to keep to release_fps.")
     frames_over_budget: int = Field(default=0, description="Frames not released because the window's "
                                     "budget was spent (the previous release repeats).")
+    frames_rejected: int = Field(default=0, description="Frames dp refused for their size or the settings "
+                                 "(a layout map of another shape, say); their budget is given back.")
+    rejected_reason: str | None = Field(default=None, description="Why the latest of them was refused.")
     reconnects: int = 0
     worker: str | None = Field(default=None, description="Worker that holds the camera's lease.")
     private_rtsp: str | None = Field(default=None, description="RTSP URL re-streaming the releases as H.264 "

@@ -79,7 +79,8 @@ class WorkerStats:
     frames_repeated: int = 0  # frames refused by the ledger (the previous release was re-sent, if any)
     frames_dropped: int = 0  # oldest frames dropped by the full queue (back-pressure)
     frames_skipped: int = 0  # frames not released because of release_fps
-    release_errors: int = 0  # frames the pixelizer rejected (logged)
+    release_errors: int = 0  # frames the pixelizer rejected (logged; their budget is given back)
+    last_release_error: str | None = None  # why the latest one was rejected (public settings and sizes only)
     sink_errors: int = 0  # sink calls that raised (logged)
     reconnects: int = 0  # pipeline rebuilds after an error, end of stream or stall (and file loops)
     fps: float = 0.0  # ingest rate over the last seconds
@@ -279,6 +280,7 @@ class CameraWorker:
         self._last_release: Release | None = None
         self._next_due_s: float | None = None
         self._last_ledger_t = -math.inf
+        self._last_release_error: str | None = None
 
     # --- public interface ----------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -297,6 +299,7 @@ class CameraWorker:
             lat = sorted(self._latencies)
             last = self._latencies[-1] if self._latencies else None
             c = dict(self._c)
+            release_error = self._last_release_error
             fps = self._ingest_meter.rate(now)
             rfps = self._release_meter.rate(now)
         size = self._last_size
@@ -307,6 +310,7 @@ class CameraWorker:
             frames_dropped=c["dropped"],
             frames_skipped=c["skipped"],
             release_errors=c["release_errors"],
+            last_release_error=release_error,
             sink_errors=c["sink_errors"],
             reconnects=c["reconnects"],
             fps=fps,
@@ -668,15 +672,22 @@ class CameraWorker:
                 self._deliver(self._last_release)
             return
         self._last_ledger_t = ledger_t
+        charged_t = self._ledger.last_spend_s if self._ledger is not None else None  # a ledger may charge later
         try:
             release = self._pixelizer.release(
                 frame.array, camera_id=self.camera_id, frame_index=frame.index, timestamp_s=t_s,
                 i420=i420_for(frame, self._color),
             )
         except DpstreamError as exc:
-            self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, exc)
+            # Refused for its size or the settings (a layout map of another shape, say): nothing of it
+            # exists, so the spend is given back, or a misconfigured camera would burn its whole budget.
+            if self._ledger is not None:
+                self._ledger.refund(charged_t, self._spec.eps_frame)
+            reason = self._redact(str(exc))
+            self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, reason)
             with self._stats_lock:
                 self._c["release_errors"] += 1
+                self._last_release_error = reason
             return
         with self._stats_lock:
             self._c["released"] += 1

@@ -86,3 +86,16 @@ def test_reconfigure_keeps_spends_and_applies_the_new_limit():
     assert ledger.last_spend_s == 1.0
     with pytest.raises(ConfigError, match="eps_window"):
         ledger.reconfigure(0.0, 10.0)
+
+
+def test_refund_takes_back_exactly_the_latest_spend():
+    ledger = Ledger(eps_window=2.0, window_s=10.0)
+    assert ledger.try_spend(1.0, 1.0) and ledger.try_spend(2.0, 1.0)
+    assert not ledger.try_spend(3.0, 1.0)
+    assert not ledger.refund(1.0, 1.0)  # not the latest spend
+    assert not ledger.refund(2.0, 0.5)  # not its cost
+    assert ledger.refund(2.0, 1.0)
+    assert not ledger.refund(2.0, 1.0)  # only once
+    assert ledger.spent(3.0) == 1.0 and ledger.try_spend(3.0, 1.0)
+    with pytest.raises(ConfigError):  # spends still may not go back in time
+        ledger.try_spend(2.5, 0.1)

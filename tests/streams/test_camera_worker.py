@@ -237,6 +237,22 @@ def test_overspending_frame_repeats_the_last_release(rtsp_server, workers):
     assert ledger.spent(time.time()) == pytest.approx(3.0)
 
 
+def test_frames_dp_refuses_are_counted_with_their_reason_and_spend_no_budget(workers):
+    # a layout map of one macro-block cannot serve 160x120 frames (5x4 blocks): dp refuses every frame
+    spec = PixelizeSpec(eps_pix=1.0, layout="map", layout_map=[[16]])
+    ledger = Ledger(eps_window=3.0, window_s=60.0)
+    sink = Collect()
+    worker = make_worker("test:ball?width=160&height=120&fps=30", [sink], spec=spec, ledger=ledger)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.stats.release_errors >= 10, 15)
+    stats = worker.stats
+    assert stats.frames_released == 0 and len(sink) == 0
+    assert "layout_map has shape" in stats.last_release_error
+    assert ledger.remaining(time.time()) == 3.0  # every spend given back: none of them released anything
+    assert stats.frames_repeated == 0  # the budget never ran out
+
+
 def test_config_change_takes_effect_at_the_next_frame_without_restart(rtsp_server, workers):
     rtsp_server.serve_test_pattern("/cam", width=320, height=240, fps=30)
     sink = Collect()

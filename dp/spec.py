@@ -174,9 +174,14 @@ class PixelizeSpec:
         # a scale the sampler cannot draw would refuse every frame of this spec: refuse the spec instead
         from dp.noise import sampler_digits
 
-        sampler_digits(self.noise_scale)
-        if self.layout == "private":
-            sampler_digits(self.layout_noise_scale)
+        for name, scale in (("eps_pix", "noise_scale"), ("eps_layout", "layout_noise_scale")):
+            if name == "eps_layout" and self.layout != "private":
+                continue
+            try:
+                sampler_digits(getattr(self, scale))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}={getattr(self, name):g} is too small for m_pixels={self.m_pixels}: "
+                                  f"{exc}") from None
 
     # --- the privacy map -------------------------------------------------------------------------
     @property

@@ -32,6 +32,15 @@ def attacks_available() -> bool:
         return False
 
 
+def _error_message(stderr: str, limit: int = 600) -> str:
+    """The audit tool's error from its stderr: the last line starting with 'error:' and the lines it was
+    wrapped onto (else the last line), so that a long message is not cut mid-sentence."""
+    lines = [line.strip() for line in stderr.strip().splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.lower().startswith("error")]
+    text = " ".join(lines[starts[-1]:]) if starts else (lines[-1] if lines else "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def new_audit_id() -> str:
     return "aud-" + secrets.token_hex(6)
 
@@ -80,8 +89,7 @@ class AuditRunner:
                     raise RuntimeError(f"audit ran past {self._timeout_s:.0f} s and was stopped") from None
                 # exit 1 is a finished audit that found a violation: a result, reported as passed=false
                 if proc.returncode not in (0, 1) or not out.exists():
-                    lines = err.decode(errors="replace").strip().splitlines()
-                    tail = redact_text(lines[-1]) if lines else ""
+                    tail = redact_text(_error_message(err.decode(errors="replace")))
                     raise RuntimeError(f"attacks exited with {proc.returncode}: {tail}")
                 doc["report"] = json.loads(out.read_text())
                 doc["passed"] = bool(doc["report"].get("passed", proc.returncode == 0))

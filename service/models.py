@@ -7,11 +7,12 @@ onto `dp.PixelizeSpec` and `dp.Ledger`; `dp` stays the judge of what a valid spe
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from service.redaction import redact_url
 
@@ -29,6 +30,9 @@ class Model(BaseModel):
 
 def new_camera_id() -> str:
     return "cam-" + secrets.token_hex(4)
+
+
+MAX_MAP_BLOCKS = 1 << 16  # every camera config is read on each listing: a map stays a few hundred kB
 
 
 class CameraSettings(Model):
@@ -105,6 +109,9 @@ class CameraSettings(Model):
     def _map_rows(cls, v: list[list[int]] | None) -> list[list[int]] | None:
         if v is not None and any(len(row) > 4096 for row in v):
             raise ValueError("layout_map rows hold at most 4096 macro-blocks")
+        if v is not None and sum(len(row) for row in v) > MAX_MAP_BLOCKS:
+            raise ValueError(f"layout_map holds at most {MAX_MAP_BLOCKS} macro-blocks (an 8K frame in 32 px "
+                             "blocks has 34,560)")
         return v
 
 
@@ -270,6 +277,22 @@ class AuditRequest(Model):
     channels: Literal[1, 3] = Field(default=3, description="Channels of the audited frames.")
     n_eval: int = Field(default=200_000, ge=1000, le=5_000_000, description="Releases per frame for the "
                         "bound (more: tighter bound, longer run).")
+
+    @model_validator(mode="after")
+    def _runnable(self) -> AuditRequest:
+        # refused here, not by the audit process a moment after a 202
+        if self.m_pixels > self.cell_size * self.cell_size:
+            raise ValueError(f"m_pixels={self.m_pixels} does not fit in one {self.cell_size} px cell (the audit "
+                             f"changes m_pixels positions of one cell); use cell_size >= "
+                             f"{math.isqrt(self.m_pixels - 1) + 1} or a smaller m_pixels")
+        from dp import ConfigError, PixelizeSpec
+
+        try:
+            PixelizeSpec(eps_pix=self.eps_pix, m_pixels=self.m_pixels, channels=self.channels, layout="fixed",
+                         cell_size=self.cell_size)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class Audit(Model):

@@ -117,6 +117,8 @@ def test_eps_window_equal_to_the_frame_cost_in_decimals_is_accepted(admin: httpx
         ({"source": "ftp://cam/live"}, "source"),  # streams refuses the scheme
         ({"source": "test:nosuchpattern"}, "source"),
         ({"source": "rtsp://:554/live"}, "source"),  # no host
+        ({"eps_pix": 1e-12}, "eps_pix"),  # noise the sampler cannot draw (dp refused every frame)
+        ({"layout": "map", "layout_map": [[16] * 300] * 300}, "layout_map"),  # 90,000 macro-blocks
     ],
 )
 def test_invalid_config_is_422_naming_the_field(admin: httpx.Client, body: dict, field: str) -> None:

@@ -37,6 +37,25 @@ def test_audit_needs_admin_scope(anon: httpx.Client) -> None:
     assert anon.post("/api/v1/audits", json={}).status_code == 401
 
 
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"m_pixels": 4096, "cell_size": 1}, "does not fit in one 1 px cell"),
+    ({"eps_pix": 1e-300}, "too large for the sampler"),
+])
+def test_an_audit_that_cannot_run_is_422_before_it_starts(admin: httpx.Client, body: dict, fragment: str) -> None:
+    r = admin.post("/api/v1/audits", json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in r.text
+
+
+def test_the_audit_tools_error_is_kept_whole() -> None:
+    from service.audits import _error_message
+
+    stderr = "progress 0/880000\nerror: mechanism audit settings: noise scale 1.2e+304 is too large for\nthe sampler (max about 1.6e15)\n"
+    assert _error_message(stderr) == ("error: mechanism audit settings: noise scale 1.2e+304 is too large for the "
+                                      "sampler (max about 1.6e15)")
+    assert _error_message("Traceback\nValueError: x\n") == "ValueError: x"
+
+
 @pytest.mark.skipif(attacks_available(), reason="attacks is installed: the audit runs (see the next test)")
 def test_audit_without_attacks_answers_503_saying_why(admin: httpx.Client) -> None:
     r = admin.post("/api/v1/audits", json={"eps_pix": 1.0, "m_pixels": 16})

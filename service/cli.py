@@ -20,10 +20,35 @@ cli_service.register(app)
 cli_audit.register(app)
 
 
+def _known_error(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for an error the user can fix, None for a bug (which keeps its
+    traceback). dpstream's own errors are written to be shown (credentials redacted); a settings error is
+    told by name and reason only, never its value, which may be a token or a URL with a password."""
+    from dp.errors import ConfigError, DpstreamError
+
+    if isinstance(exc, ConfigError):
+        return 2, str(exc)
+    if isinstance(exc, DpstreamError):
+        return 1, str(exc)
+    if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+        from service.settings import env_name
+
+        fields = "; ".join(f"{env_name(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}"
+                           for e in exc.errors())
+        return 2, f"invalid settings (environment or options): {fields}"
+    return None
+
+
 def main() -> None:  # pragma: no cover - thin entry point
     """The `dpstream` console script."""
     try:
         app()
+    except Exception as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        typer.echo(f"error: {known[1]}", err=True)
+        raise SystemExit(known[0]) from None
     finally:
         # The process is ending: skip the interpreter's last garbage collection, a walk over every object
         # Numba and LLVM made (0.1 to 0.15 s at the end of every command). Every file, pipeline and server a

@@ -24,10 +24,12 @@ Port = Annotated[int | None, typer.Option("--port", help="Port of the API [defau
 
 
 def _settings(**overrides) -> Settings:
-    from service.settings import get_settings
+    from service.settings import check_redis_url, get_settings
 
     base = get_settings()
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if "redis_url" in changes:  # model_copy does not validate
+        check_redis_url(changes["redis_url"])
     return base.model_copy(update=changes) if changes else base
 
 

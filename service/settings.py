@@ -15,10 +15,29 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.redaction import redact_url
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a `Settings` field ('port' -> 'DPSTREAM_PORT'), else the field."""
+    info = Settings.model_fields.get(field)
+    choices = getattr(getattr(info, "validation_alias", None), "choices", ())
+    return next((c for c in choices if isinstance(c, str) and c.isupper()), field)
+
+
+def check_redis_url(url: str) -> str:
+    """`url` when redis-py can connect with it; else a ConfigError saying what it needs (credentials redacted)."""
+    from dp.errors import ConfigError
+
+    if not url.lower().startswith(REDIS_SCHEMES):
+        raise ConfigError(f"redis_url {redact_url(url)!r} must start with one of {', '.join(REDIS_SCHEMES)} "
+                          "(for example redis://127.0.0.1:6379/0)")
+    return url
 
 
 class Settings(BaseSettings):
@@ -113,6 +132,16 @@ class Settings(BaseSettings):
         description="Seconds the API reuses a camera's latest release bytes (0: read Redis every time).",
     )
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "DPSTREAM_LOG_LEVEL"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_redis_url(v)
+        except Exception as exc:  # a ConfigError: pydantic reports ValueErrors as validation errors
+            raise ValueError(str(exc)) from None
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 
 import typer
 import uvicorn
 
-from dp.errors import DpstreamError
+from dp.errors import ConfigError, DpstreamError
 from service.api import create_app
 from service.auth import create_token
 from service.embedded import EmbeddedValkey
@@ -46,7 +47,21 @@ def _ensure_demo_camera(store: SyncStore, source: str) -> None:
         store.put_camera(cam.model_copy(update={"source": source, "version": cam.version + 1}))
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start when the API's address is taken, before anything prints a token for a server that
+    would not come up."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"the API cannot listen on {host}:{port} ({exc.strerror}); stop what holds it or "
+                              "choose another --port (or DPSTREAM_PORT)") from None
+
+
 def run_up(settings: Settings, *, demo: bool = True) -> int:
+    _check_port_free(settings.host, settings.port)
     with contextlib.ExitStack() as stack:
         redis_line = redact_url(settings.redis_url or "")
         if not settings.redis_url:

@@ -44,6 +44,44 @@ def test_token_create_says_what_to_do_when_redis_is_down() -> None:
     assert result.exit_code == 1 and "REDIS_URL" in result.output
 
 
+def dpstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The console script's path (service.cli.main), which turns errors a user can fix into one line."""
+    base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DPSTREAM_ADMIN_TOKEN", "DPSTREAM_PORT")}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=base | (env or {}),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["token", "create", "--redis-url", "notaurl"], {}, "must start with one of redis://"),
+    (["token", "create"], {"DPSTREAM_PORT": "abc"}, "DPSTREAM_PORT: Input should be a valid integer"),
+    (["token", "create"], {"REDIS_URL": "http://admin:s3cretpw@10.0.0.5/0"}, "REDIS_URL: Value error"),
+    (["worker", "--redis-url", "localhost:6379"], {}, "must start with one of redis://"),
+])
+def test_bad_settings_are_one_line_errors_without_their_values(args, env, says) -> None:
+    result = dpstream(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and says in result.stderr
+    assert "Traceback" not in result.stderr and "s3cretpw" not in result.stderr
+
+
+def test_up_on_a_taken_port_says_so_before_printing_a_token(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = dpstream("up", "--port", str(port), "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+                          env={"DPSTREAM_DATA": str(tmp_path)})
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "token" not in result.stdout
+
+
+def test_up_without_its_redis_is_a_one_line_error(tmp_path: Path) -> None:
+    result = dpstream("up", "--port", str(free_port()), "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+                      env={"DPSTREAM_DATA": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Redis store unavailable") and "Traceback" not in result.stderr
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)

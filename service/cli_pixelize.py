@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -198,6 +199,8 @@ def register(app: typer.Typer) -> None:
         """Reconstruct the privatized frames from their releases (each cell filled with its mean)."""
         from service.statsfile import read_releases
 
+        if not (math.isfinite(fps) and 0 < fps <= 1000):
+            raise _fail(f"--fps {fps}: give a frame rate between 0 and 1000 frames per second")
         try:
             if _is_image(output):
                 releases = list(read_releases(file))
@@ -229,7 +232,9 @@ def register(app: typer.Typer) -> None:
         except DpstreamError as exc:
             raise _fail(str(exc)) from None
         except OSError as exc:
-            raise _fail(f"cannot read {file!r}: {exc}") from None
+            writing = exc.filename is not None and os.path.abspath(os.fspath(exc.filename)) == os.path.abspath(output)
+            raise _fail(f"cannot {'write' if writing else 'read'} {output if writing else file!r}: "
+                        f"{exc.strerror or exc}") from None
 
 
 def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):

@@ -51,6 +51,8 @@ def read_releases(path: str | os.PathLike) -> Iterator[Release]:
             return
         if head[:4] != MAGIC:
             raise ReleaseFormatError(f"{os.fspath(path)!r} is not a dpstream stats file (no DPSS magic)")
+        if len(head) < 5:
+            raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file truncated in its header ({len(head)} bytes)")
         if head[4] != VERSION:
             raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file version {head[4]} is not supported")
         index = 0

@@ -130,3 +130,20 @@ def test_a_single_release_file_is_readable_as_stats(tmp_path):
     (tmp_path / "one.dpsr").write_bytes(rel.to_bytes())
     (back,) = list(read_releases(tmp_path / "one.dpsr"))
     assert isinstance(back, Release) and np.array_equal(back.means, rel.means)
+
+
+def test_stats_commands_refuse_bad_files_and_options_in_one_line(tmp_path):
+    from dp import Pixelizer, PixelizeSpec
+
+    stub = tmp_path / "stub.dps"
+    stub.write_bytes(b"DPSS")  # the magic, then nothing
+    for command in (["show", str(stub)], ["render", str(stub), str(tmp_path / "o.png")]):
+        out = run("stats", *command, check=False)
+        assert out.returncode == 2 and "truncated in its header" in out.stderr and "Traceback" not in out.stderr
+    one = tmp_path / "one.dpsr"
+    one.write_bytes(Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(np.zeros((16, 16, 3), np.uint8)).to_bytes())
+    for fps in ("nan", "inf", "0"):
+        out = run("stats", "render", str(one), str(tmp_path / "o.mp4"), "--fps", fps, check=False)
+        assert out.returncode == 2 and "--fps" in out.stderr and "Traceback" not in out.stderr
+    out = run("stats", "render", str(one), str(tmp_path / "missing" / "o.png"), check=False)
+    assert out.returncode == 2 and "cannot write" in out.stderr and "o.png" in out.stderr

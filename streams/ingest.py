@@ -321,6 +321,7 @@ class FrameSource:
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
+        self._refused: BusEvent | None = None  # push mode: a frame this source can never deliver (poll_bus)
         self.last_caps: tuple[int, int] | None = None  # (width, height) of the last frame
 
     @property
@@ -438,7 +439,14 @@ class FrameSource:
                     time.sleep(0.05)  # the owner sees EOS on the bus and stops us
                 continue
             try:
-                self._on_frame(self._sample_to_frame(sample))
+                frame = self._sample_to_frame(sample)
+            except IngestError as exc:
+                # a stream this source cannot turn into frames (an odd size as I420): no retry will help; the
+                # owner gets it from poll_bus as a fatal error instead of waiting for frames that never come
+                self._refused = BusEvent(kind="error", reason=redact_text(str(exc), *self._secrets), fatal=True)
+                return
+            try:
+                self._on_frame(frame)
             except Exception:  # keep pulling; the owner decides what a bad frame means
                 log.exception("frame callback failed for source %s", self.display)
 
@@ -464,6 +472,8 @@ class FrameSource:
         )
         deadline = time.monotonic() + timeout_s
         while True:
+            if self._refused is not None:
+                return self._refused
             remaining = max(0.0, deadline - time.monotonic())
             msg = bus.timed_pop_filtered(int(remaining * Gst.SECOND), mask)
             if msg is None:

@@ -378,6 +378,16 @@ def test_source_in_an_unknown_format_is_failed_as_unsupported(tmp_path, workers)
     assert worker.stats.frames_ingested == 0
 
 
+def test_yuv420_camera_on_an_odd_sized_stream_is_failed_saying_why(workers):
+    spec = PixelizeSpec(eps_pix=1.0, layout="fixed", cell_size=16, color="yuv420")
+    worker = make_worker("test:ball?width=65&height=47&fps=30", [], spec=spec, failed_retry_s=60.0)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.health.state is HealthState.FAILED, 10)
+    assert "65x47" in worker.health.reason and "odd size" in worker.health.reason
+    assert worker.stats.frames_released == 0
+
+
 def test_file_without_a_video_stream_is_failed_not_retried(tmp_path, workers):
     from streams.gst import Gst, parse_pipeline, shutdown_pipeline
 

@@ -50,6 +50,10 @@ class MechanismAuditConfig:
             )
         if not 0.5 < self.confidence < 1.0:
             raise AuditError(f"confidence={self.confidence} must be between 0.5 and 1")
+        for name in ("n_select", "n_eval"):
+            if getattr(self, name) < 100:
+                raise AuditError(f"{name}={getattr(self, name)}: the audit needs at least 100 releases per frame "
+                                 f"(the default is {getattr(MechanismAuditConfig, name):,})")
 
 
 @dataclass

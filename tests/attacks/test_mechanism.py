@@ -60,6 +60,12 @@ def test_audit_refuses_m_pixels_that_do_not_fit_in_a_cell():
         MechanismAuditConfig(eps_pix=1.0, m_pixels=100, cell_size=8)
 
 
+@pytest.mark.parametrize("counts", [{"n_eval": 0}, {"n_select": -5}, {"n_eval": 99}])
+def test_audit_refuses_too_few_releases_to_bound_anything(counts):
+    with pytest.raises(AuditError, match="at least 100 releases"):
+        MechanismAuditConfig(eps_pix=1.0, m_pixels=16, **counts)
+
+
 def test_mechanism_command_writes_report_and_exits_zero(tmp_path):
     out = tmp_path / "mechanism.json"
     rc, _, err = run_attacks("mechanism", "--eps-pix", "1", "--m-pixels", "16", "--n-select", "10000",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from rich.table import Table
 from dp import DpstreamError, Ledger, Pixelizer, PixelizeSpec, Release
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # whole lines: error messages stay greppable in logs
 
 
 class Layout(StrEnum):
@@ -40,8 +42,57 @@ class Backend(StrEnum):
     cuda = "cuda"
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path or path.lower().startswith("test:")
+
+
 def _is_image(path: str) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """A local image file by its name (an rtsp:// URL ending in .jpg is a camera, not an image)."""
+    return not _is_url(path) and Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _camera_id(source: str) -> str:
+    """The camera id written into each release: the file's name, the test pattern, or the last part of an
+    RTSP URL's path (else its host), never its credentials or query (tokens)."""
+    if source.lower().startswith("test:"):
+        name = source[len("test:"):].split("?", 1)[0] or "ball"
+    elif "://" in source:
+        from urllib.parse import urlsplit
+
+        from streams.redact import redact_url
+
+        try:
+            parts = urlsplit(redact_url(source))
+            name = next((seg for seg in reversed(parts.path.split("/")) if seg), "") or (parts.hostname or "")
+        except ValueError:
+            name = ""
+        name = name or "camera"
+    else:
+        name = Path(source).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:64] or "camera"
+
+
+def _check_paths(input: str, output: str, stats: str | None) -> None:
+    """Refuse names GStreamer cannot take, an output that is a directory or in a missing one, and any two of
+    input, output and --stats that are the same file (the input would be overwritten)."""
+    named = [("input", input), ("output", output)] + ([("--stats", stats)] if stats else [])
+    for what, path in named:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(f"{what} {path.encode('utf-8', 'backslashreplace').decode()!r}: the name is not valid "
+                        "UTF-8; rename the file") from None
+    for what, path in named[1:]:
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise _fail(f"{what} {path!r} is a directory; give a file name")
+        if not os.path.isdir(parent):
+            raise _fail(f"{what} {path!r}: directory {parent!r} does not exist")
+    local = [(what, os.path.realpath(path)) for what, path in named if not (what == "input" and _is_url(path))]
+    for i, (what_a, a) in enumerate(local):
+        for what_b, b in local[i + 1:]:
+            if a == b:
+                raise _fail(f"{what_a} and {what_b} are the same file ({a}); write the output elsewhere")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -49,21 +100,60 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+MAX_IMAGE_PIXELS = 1 << 30  # dp takes sides up to 32768; above this, refuse rather than run out of memory
+
+
+def _to_8bit(im) -> np.ndarray:
+    """The picture as uint8 grey or RGB: 16-bit and 32-bit grey scaled down (Pillow's convert clips them at
+    255, which turned a 16-bit ramp white), the rest converted by Pillow."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        wide = np.asarray(im).astype(np.int64)
+        return np.clip(wide >> 8, 0, 255).astype(np.uint8)  # 16 significant bits (mode I holds 16-bit PNGs)
+    if im.mode == "F":
+        return np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8)
+    return np.asarray(im.convert("RGB" if im.mode not in ("L", "1") else "L"))
+
+
 def _load_image(path: str, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large is fine, up to the limit
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+            try:
+                with Image.open(path) as im:
+                    if getattr(im, "n_frames", 1) > 1:
+                        raise _fail(f"{path!r} is animated ({im.n_frames} frames); convert it to an .mp4 video")
+                    arr = _to_8bit(ImageOps.exif_transpose(im))  # as a viewer shows it (EXIF orientation)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except Image.DecompressionBombError:
+        raise _fail(f"image {path!r} has more than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise _fail(f"cannot read image {path!r}: {exc}") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if channels == 1 and arr.shape[2] == 3:
+        from PIL import Image as _Image
+
+        arr = np.asarray(_Image.fromarray(arr).convert("L"))[:, :, None]
+    elif channels == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
 
 
 def save_image(path: str, frame: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame).save(path)
+    if Path(path).suffix.lower() == ".pgm" and frame.shape[2] != 1:
+        raise _fail(f"{path!r}: a .pgm holds grey images; add --gray or write .ppm or .png")
+    try:
+        Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame).save(path)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _progress(total: int | None) -> Progress:
@@ -88,7 +178,10 @@ def _spec_from_options(eps_pix, m_pixels, gray, layout, cell_size, cell_sizes, b
         "eps_layout": eps_layout,
     }
     if layout is not Layout.fixed:
-        kwargs["cell_sizes"] = tuple(int(s) for s in cell_sizes.split(","))
+        try:
+            kwargs["cell_sizes"] = tuple(int(s) for s in cell_sizes.split(","))
+        except ValueError:
+            raise _fail(f"--cell-sizes {cell_sizes!r}: give comma-separated integers such as 4,8,16,32") from None
         kwargs["block_size"] = block_size
     if layout is Layout.map:
         if not layout_map:
@@ -132,6 +225,9 @@ def register(app: typer.Typer) -> None:
             "decoder and encoder need the other cores)."),
     ) -> None:
         """Privatize an image or a video: region-adaptive, differentially private pixelization."""
+        _check_paths(input, output, stats)
+        if input.lower().startswith("test:") and frames is None and duration is None:
+            raise _fail(f"{input!r}: a test pattern never ends; give --frames or --duration")
         try:
             spec = _spec_from_options(eps_pix, m_pixels, gray, layout, cell_size, cell_sizes, block_size,
                                       eps_layout, layout_map, yuv)
@@ -149,23 +245,26 @@ def register(app: typer.Typer) -> None:
             if not _is_image(output):
                 raise _fail(f"an image input needs an image output (.png, .jpg), not {output!r}")
             frame = _load_image(input, spec.channels)
-            rel = px.release(frame, camera_id=Path(input).stem, frame_index=0)
-            save_image(output, rel.reconstruct())
+            rel = px.release(frame, camera_id=_camera_id(input), frame_index=0)
             if stats:
-                from service.statsfile import StatsWriter
-
-                with StatsWriter(stats) as sw:
-                    sw.write(rel)
+                _write_stats(stats, [rel])
+            save_image(output, rel.reconstruct())
             console.print(_guarantee(spec, 1, ledger))
             return
         if Path(output).suffix.lower() != ".mp4":
             raise _fail(f"a video input needs an .mp4 output, not {output!r}")
         _set_dp_threads(dp_threads or 1)
+        # SIGTERM (a service manager, `timeout`) finishes the files as Ctrl-C does: an .mp4 cut off without
+        # its index would not play
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
-            n, released = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality)
+            n, released, ended = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality)
         except DpstreamError as exc:
             raise _fail(str(exc)) from None
         console.print(_guarantee(spec, released, ledger, frames_total=n))
+        if ended:
+            console.print(f"[yellow]warning:[/yellow] {ended}")
+            raise typer.Exit(1)
 
     stats_app = typer.Typer(help="Inspect files of releases written by `pixelize --stats`.", no_args_is_help=True)
     app.add_typer(stats_app, name="stats")
@@ -201,6 +300,9 @@ def register(app: typer.Typer) -> None:
 
         if not (math.isfinite(fps) and 0 < fps <= 1000):
             raise _fail(f"--fps {fps}: give a frame rate between 0 and 1000 frames per second")
+        if not _is_image(output) and Path(output).suffix.lower() != ".mp4":
+            raise _fail(f"render into an image (.png, .jpg) or an .mp4 video, not {output!r}")
+        _check_paths(file, output, None)
         try:
             if _is_image(output):
                 releases = list(read_releases(file))
@@ -237,14 +339,38 @@ def register(app: typer.Typer) -> None:
                         f"{exc.strerror or exc}") from None
 
 
-def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stats_writer(path: str):
     from service.statsfile import StatsWriter
+
+    try:
+        return StatsWriter(path)
+    except OSError as exc:
+        raise _fail(f"cannot write --stats {path!r}: {exc.strerror or exc}") from None
+
+
+def _write_stats(path: str, releases) -> None:
+    writer = _stats_writer(path)
+    try:
+        for rel in releases:
+            writer.write(rel)
+    finally:
+        writer.close()
+
+
+def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):
+    """(frames read, releases made, why a camera stopped short or ""): the video path of `pixelize`."""
     from streams.files import iter_frames
     from streams.frame import i420_for, pixel_format_for
 
     writer = None
-    stats_writer = StatsWriter(stats) if stats else None
+    stats_writer = _stats_writer(stats) if stats else None
+    camera_id = _camera_id(input)
     n = released = 0
+    first_pts = last_pts = None
     last: Release | None = None
     pending: list = []
     try:
@@ -256,12 +382,19 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
                 # the ledger is checked before every release, the first included; a refused frame repeats
                 # the last release (free post-processing)
                 if ledger is None or ledger.try_spend(frame.pts_s, spec.eps_frame):
-                    last = px.release(frame.array, camera_id=Path(str(input)).stem, frame_index=frame.index,
+                    last = px.release(frame.array, camera_id=camera_id, frame_index=frame.index,
                                       timestamp_s=frame.timestamp_s, i420=i420_for(frame, spec.color))
                     released += 1
                     if stats_writer is not None:
                         stats_writer.write(last)
+                if writer is not None and (last.width, last.height) != (writer.width, writer.height):
+                    raise _fail(f"{_display(input)} changed size from {writer.width}x{writer.height} to "
+                                f"{last.width}x{last.height} at frame {frame.index}; an .mp4 holds one size: "
+                                f"{output} keeps the {n} frames before it"
+                                + (f", {stats} every release" if stats else ""))
                 n += 1
+                first_pts = frame.pts_s if first_pts is None else first_pts
+                last_pts = frame.pts_s
                 elapsed = progress.tasks[0].elapsed or 0.0
                 progress.update(task, advance=1, rate=f"{n / elapsed:.1f} fps" if elapsed else "")
                 if writer is None:  # the frame rate comes from the first two timestamps
@@ -285,7 +418,15 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
             stats_writer.close()
     if n == 0:
         raise _fail(f"{_display(input)} delivered no frame")
-    return n, released
+    ended = ""
+    if input.lower().startswith(("rtsp://", "rtsps://")):  # a camera ends only when it stops or is cut off
+        seen_s = (last_pts - first_pts) if first_pts is not None else 0.0
+        if (max_frames is not None and n < max_frames) or (max_frames is None and duration_s is not None
+                                                            and seen_s < duration_s - 1.0):
+            ended = (f"the camera ended the stream after {n} frames ({seen_s:.1f} s), before "
+                     + (f"--frames {max_frames}" if max_frames is not None else f"--duration {duration_s:g}")
+                     + f"; {output} holds what arrived")
+    return n, released, ended
 
 
 def _video_writer(output, rel: Release, fps: float, quality: int | None):
@@ -315,7 +456,8 @@ def _set_dp_threads(n: int) -> None:
 
 def _fps(pending: list) -> float:
     dt = pending[1][0] - pending[0][0]
-    return 1.0 / dt if dt > 0 and math.isfinite(dt) and 1.0 / dt <= 240 else 30.0
+    # 240 fps frames are 1/240 s apart to within a nanosecond timestamp: 1/dt may come out a hair above 240
+    return 1.0 / dt if dt > 0 and math.isfinite(dt) and 1.0 / dt <= 240.01 else 30.0
 
 
 def _display(uri: str) -> str:

@@ -146,4 +146,136 @@ def test_stats_commands_refuse_bad_files_and_options_in_one_line(tmp_path):
         out = run("stats", "render", str(one), str(tmp_path / "o.mp4"), "--fps", fps, check=False)
         assert out.returncode == 2 and "--fps" in out.stderr and "Traceback" not in out.stderr
     out = run("stats", "render", str(one), str(tmp_path / "missing" / "o.png"), check=False)
-    assert out.returncode == 2 and "cannot write" in out.stderr and "o.png" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr.replace("\n", " ") and "o.png" in out.stderr
+
+
+# --- what an audit of the command found --------------------------------------------------------------
+def test_a_cameras_credentials_and_tokens_never_reach_the_stats_file(tmp_path):
+    from streams.testing import ServerProcess, free_port
+
+    server = ServerProcess(free_port(), "--width", "64", "--height", "48", "--fps", "15")
+    url = server.start()  # rtsp://127.0.0.1:PORT/cam
+    try:
+        stats = tmp_path / "q.dps"
+        run("pixelize", f"{url}?token=T0kenSECRET&fmt=.png", str(tmp_path / "q.mp4"), "--frames", "3",
+            "--stats", str(stats))
+        assert b"T0kenSECRET" not in stats.read_bytes()
+        assert {r.camera_id for r in read_releases(stats)} == {"cam"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("source", "camera_id"), [
+    ("rtsp://admin:R00tPassw0rd@127.0.0.1:8557", "127.0.0.1"),
+    ("rtsp://admin:pw@cam.local/Streaming/Channels/101?token=abc", "101"),
+    ("rtsps://u:p@10.0.0.5:322/live/main", "main"),
+    ("test:smpte?fps=240", "smpte"),
+    ("/videos/front door.mp4", "front-door"),
+])
+def test_camera_ids_come_from_the_path_never_the_credentials(source, camera_id):
+    from service.cli_pixelize import _camera_id
+
+    assert _camera_id(source) == camera_id
+
+
+def test_an_rtsp_url_ending_like_an_image_is_a_camera_and_its_password_stays_hidden(tmp_path):
+    from streams.testing import free_port
+
+    url = f"rtsp://admin:S3cr3tPw@127.0.0.1:{free_port()}/snapshot.jpg"
+    out = run("pixelize", url, str(tmp_path / "o.jpg"), check=False)
+    assert out.returncode == 2 and "S3cr3tPw" not in out.stderr and "cannot read image" not in out.stderr
+
+
+def test_input_output_and_stats_may_not_be_the_same_file(tmp_path, clip):
+    import shutil
+
+    same = tmp_path / "same.mp4"
+    shutil.copy(clip, same)
+    before = same.read_bytes()
+    for args in ([str(same), str(same)], [str(same), str(tmp_path / "o.mp4"), "--stats", str(same)],
+                 [clip, str(tmp_path / "x.mp4"), "--stats", str(tmp_path / "x.mp4")]):
+        out = run("pixelize", *args, check=False)
+        assert out.returncode == 2 and "the same file" in out.stderr
+    assert same.read_bytes() == before and not (tmp_path / "x.mp4").exists()
+
+
+def test_sixteen_bit_and_rotated_images_are_read_as_a_viewer_shows_them(tmp_path):
+    ramp = np.tile((np.arange(256, dtype=np.uint32) * 257).astype(np.uint16), (8, 1))  # 0..65535 across
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    run("pixelize", str(tmp_path / "ramp16.png"), str(tmp_path / "r.png"), "--gray", "--layout", "fixed",
+        "--cell-size", "32", "--eps-pix", "1000", "--m-pixels", "1")
+    row = np.asarray(Image.open(tmp_path / "r.png"))[0, ::32].astype(int)
+    assert np.all(np.abs(row - (np.arange(8) * 32 + 15.5)) <= 3), row  # cell means of 0..255, not white
+    stored = Image.fromarray(np.zeros((20, 40, 3), np.uint8))  # 40 wide as stored, shown 20 wide
+    exif = stored.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    stored.save(tmp_path / "exif6.jpg", exif=exif)
+    run("pixelize", str(tmp_path / "exif6.jpg"), str(tmp_path / "e.png"))
+    assert Image.open(tmp_path / "e.png").size == (20, 40)
+
+
+def test_bad_output_places_and_options_are_one_line_errors(tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    (tmp_path / "adir").mkdir()
+    for args, says in (([str(tmp_path / "nodir" / "o.png")], "does not exist"),
+                       ([str(tmp_path / "adir")], "is a directory"),
+                       ([str(tmp_path / "o.png"), "--stats", str(tmp_path / "nodir" / "s.dps")], "does not exist"),
+                       ([str(tmp_path / "o.pgm")], "grey images"),
+                       ([str(tmp_path / "o.png"), "--layout", "previous", "--cell-sizes", "4,8,x"], "--cell-sizes")):
+        out = run("pixelize", str(src), *args, check=False)
+        assert out.returncode == 2 and says in out.stderr.replace("\n", " ") and "Traceback" not in out.stderr
+    out = run("pixelize", "test:ball", str(tmp_path / "t.mp4"), check=False)
+    assert out.returncode == 2 and "--frames or --duration" in out.stderr.replace("\n", " ")
+
+
+def test_a_240_fps_source_is_written_at_240_fps(tmp_path):
+    run("pixelize", "test:smpte?fps=240&width=64&height=48", str(tmp_path / "t.mp4"), "--frames", "5")
+    from streams.files import iter_frames
+
+    pts = [f.pts_s for f in iter_frames(str(tmp_path / "t.mp4"))]
+    assert len(pts) == 5 and pts[-1] - pts[0] == pytest.approx(4 / 240, abs=1e-3)
+
+
+def test_sigterm_finishes_a_playable_video(tmp_path):
+    import signal
+    import time
+
+    out_path, stats = tmp_path / "term.mp4", tmp_path / "term.dps"
+    proc = subprocess.Popen([DPSTREAM, "pixelize", "test:smpte?width=160&height=120", str(out_path), "--duration",
+                             "600", "--stats", str(stats)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not stats.exists() or stats.stat().st_size < 20_000):
+            time.sleep(0.1)  # releases are being written: the pipeline runs
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    from streams.files import iter_frames
+
+    frames = sum(1 for _ in iter_frames(str(out_path)))
+    assert frames > 0 and frames <= len(list(read_releases(stats)))
+
+
+def test_a_camera_that_dies_early_is_a_warning_and_exit_status_1(tmp_path):
+    import time
+
+    from streams.testing import ServerProcess, free_port
+
+    server = ServerProcess(free_port(), "--width", "64", "--height", "48", "--fps", "15")
+    url = server.start()
+    stats = tmp_path / "k.dps"
+    proc = subprocess.Popen([DPSTREAM, "pixelize", url, str(tmp_path / "k.mp4"), "--duration", "60", "--stats",
+                             str(stats)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not stats.exists() or stats.stat().st_size < 2_000):
+            time.sleep(0.1)
+        server.kill()  # the camera crashes
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 1, err
+    assert "ended the stream" in err.replace("\n", " ") and "--duration 60" in err.replace("\n", " ")

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from dp import DpstreamError, Ledger, Pixelizer, PixelizeSpec, Release
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 console = Console(stderr=True, soft_wrap=True)  # whole lines: error messages stay greppable in logs
 
 
@@ -497,7 +497,7 @@ def _summarise(file: str) -> dict:
     return {
         "n_releases": len(releases),
         "camera_id": first.camera_id,
-        "frame_size": f"{first.width}x{first.height}",
+        "frame_size": ", ".join(sorted({f"{r.width}x{r.height}" for r in releases})),  # all of them, if it changed
         "channels": first.channels,
         "layout_mode": first.layout_mode,
         "block_size": first.block_size,

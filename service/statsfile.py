@@ -66,5 +66,9 @@ def read_releases(path: str | os.PathLike) -> Iterator[Release]:
             data = fh.read(n)
             if len(data) < n:
                 raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated")
-            yield Release.from_bytes(data)
+            try:
+                release = Release.from_bytes(data)
+            except ReleaseFormatError as exc:
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index}: {exc}") from None
+            yield release
             index += 1

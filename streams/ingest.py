@@ -166,7 +166,8 @@ def _i420_to_array(buf: Gst.Buffer, geo: _I420Geometry) -> np.ndarray:
     copy only when its planes are padded)."""
     width, height = geo.width, geo.height
     if width % 2 or height % 2:
-        raise IngestError(f"a {width}x{height} stream cannot be read as I420 here (odd size); use RGB frames")
+        raise IngestError(f"a {width}x{height} stream cannot be read as I420 (odd size); release it as RGB "
+                          "(color='rgb'; pixelize without --yuv)")
     flat, strides, offsets = _i420_planes(buf, geo)
     hc, wc = height // 2, width // 2
     if strides == (width, wc, wc) and offsets == (0, width * height, width * height + wc * hc):

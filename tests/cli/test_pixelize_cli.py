@@ -279,3 +279,16 @@ def test_a_camera_that_dies_early_is_a_warning_and_exit_status_1(tmp_path):
         server.stop()
     assert proc.returncode == 1, err
     assert "ended the stream" in err.replace("\n", " ") and "--duration 60" in err.replace("\n", " ")
+
+
+def test_an_animated_gif_is_refused_at_once_and_a_corrupt_release_is_named(tmp_path, clip):
+    frames = [Image.new("RGB", (32, 32), (80 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    out = run("pixelize", str(tmp_path / "anim.gif"), str(tmp_path / "o.png"), check=False)
+    assert out.returncode == 2 and "animated (3 frames)" in out.stderr  # it stalled 10 s as a video before
+    stats = tmp_path / "v.dps"
+    run("pixelize", clip, str(tmp_path / "v.mp4"), "--stats", str(stats), "--frames", "3")
+    data = stats.read_bytes()
+    stats.write_bytes(data[:-3] + bytes(3))  # the last release's checksum no longer matches
+    out = run("stats", "show", str(stats), check=False)
+    assert out.returncode == 2 and "release 2: release checksum mismatch" in out.stderr

@@ -122,7 +122,8 @@ def _load_image(path: str, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large is fine, up to the limit
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS // 2
             try:
                 with Image.open(path) as im:
                     if getattr(im, "n_frames", 1) > 1:

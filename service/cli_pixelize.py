@@ -208,7 +208,8 @@ def register(app: typer.Typer) -> None:
         cell_sizes: str = typer.Option("4,8,16,32", help="Candidate cell sizes for adaptive layouts."),
         block_size: int = typer.Option(32, help="Macro-block side in pixels for adaptive layouts."),
         eps_layout: float = typer.Option(0.0, help="Epsilon spent on choosing the layout (private only)."),
-        layout_map: str | None = typer.Option(None, help="JSON grid of cell sizes per macro-block (map)."),
+        layout_map: str | None = typer.Option(None, help="FILE: a JSON grid of cell sizes, one per macro-block, "
+                                              "row-major (--layout map)."),
         gray: bool = typer.Option(False, "--gray", help="Release one grey channel instead of RGB."),
         yuv: bool = typer.Option(
             False, "--yuv", help="Video and RTSP: release the decoder's YUV 4:2:0 as it is (no RGB conversion, "
@@ -221,6 +222,9 @@ def register(app: typer.Typer) -> None:
             None, help="Budget per window: frames that would overspend repeat the last release."),
         window_s: float = typer.Option(10.0, help="Window length in seconds for --eps-window."),
         quality: int = typer.Option(23, min=0, max=51, help="x264 quantizer of the output video."),
+        tls_ca_file: str | None = typer.Option(
+            None, envvar="DPSTREAM_TLS_CA_FILE", help="rtsps:// cameras: the PEM file of the CA their certificate "
+            "must chain to (default: the system's roots)."),
         dp_threads: int = typer.Option(
             0, min=0, help="CPU threads per release (0: all cores for an image, 1 for video, where GStreamer's "
             "decoder and encoder need the other cores)."),
@@ -259,7 +263,8 @@ def register(app: typer.Typer) -> None:
         # its index would not play
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            n, released, ended = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality)
+            n, released, ended = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality,
+                                                 tls_ca_file=tls_ca_file)
         except DpstreamError as exc:
             raise _fail(str(exc)) from None
         console.print(_guarantee(spec, released, ledger, frames_total=n))
@@ -362,7 +367,7 @@ def _write_stats(path: str, releases) -> None:
         writer.close()
 
 
-def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality):
+def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality, tls_ca_file=None):
     """(frames read, releases made, why a camera stopped short or ""): the video path of `pixelize`."""
     from streams.files import iter_frames
     from streams.frame import i420_for, pixel_format_for
@@ -378,7 +383,7 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
         with _progress(max_frames) as progress:
             task = progress.add_task(f"pixelizing {_display(input)}", total=max_frames, rate="")
             frames = iter_frames(input, max_frames=max_frames, duration_s=duration_s, channels=spec.channels,
-                                 pixel_format=pixel_format_for(spec.color, spec.channels))
+                                 pixel_format=pixel_format_for(spec.color, spec.channels), tls_ca_file=tls_ca_file)
             for frame in frames:
                 # the ledger is checked before every release, the first included; a refused frame repeats
                 # the last release (free post-processing)

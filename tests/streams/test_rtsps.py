@@ -75,3 +75,18 @@ def test_missing_tls_files_are_config_errors(tmp_path):
         list(iter_frames("rtsps://127.0.0.1:1/cam", max_frames=1, tls_ca_file=tmp_path / "none.pem"))
     with pytest.raises(ConfigError, match="does not exist"):
         LocalRtspServer(port=0, tls=(str(tmp_path / "a.pem"), str(tmp_path / "a.key")))
+
+
+def test_the_pixelize_command_takes_the_camera_ca(tls_server, pki, tmp_path):
+    import os
+    import sys
+
+    dpstream = os.path.join(os.path.dirname(sys.executable), "dpstream")
+    url = tls_server.url("/cam")
+    refused = subprocess.run([dpstream, "pixelize", url, str(tmp_path / "a.mp4"), "--frames", "3"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "TLS handshake failed" in refused.stderr
+    for extra, env in ((["--tls-ca-file", str(pki["ca"])], {}), ([], {"DPSTREAM_TLS_CA_FILE": str(pki["ca"])})):
+        done = subprocess.run([dpstream, "pixelize", url, str(tmp_path / "b.mp4"), "--frames", "3", *extra],
+                              capture_output=True, text=True, timeout=120, env=os.environ | env)
+        assert done.returncode == 0 and "3 releases" in done.stderr, done.stderr

@@ -20,7 +20,10 @@ class ReleaseFormatError(DpstreamError, ValueError):
 
 
 class BudgetExhausted(DpstreamError):
-    """A release would overspend the camera's privacy budget in the current window."""
+    """A release would overspend the camera's privacy budget in the current window.
+
+    dpstream itself never raises it: `Ledger.try_spend` answers False and the worker repeats the last
+    release. It is for callers that would rather stop than repeat."""
 
 
 class IngestError(DpstreamError):

@@ -74,9 +74,9 @@ class Release:
 
     @property
     def header(self) -> dict:
-        """The header fields of privacy.md §5, JSON-safe."""
+        """The header fields of privacy.md §5 (and the colour), JSON-safe."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if self.color == "rgb" else 2,  # as to_bytes writes it
             "camera_id": self.camera_id,
             "frame_index": self.frame_index,
             "timestamp_s": self.timestamp_s,

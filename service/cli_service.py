@@ -15,12 +15,12 @@ from service.embedded import EMBEDDED_PORT
 if TYPE_CHECKING:  # pydantic-settings loads in ~0.1 s: only the service commands pay for it
     from service.settings import Settings
 
-DEFAULT_REDIS_HELP = (f"Redis/Valkey URL [env REDIS_URL]; default: the embedded Valkey of `dpstream up` "
+DEFAULT_REDIS_HELP = (f"Redis/Valkey URL (env REDIS_URL); default: the embedded Valkey of `dpstream up` "
                       f"(redis://127.0.0.1:{EMBEDDED_PORT}/0).")
 
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help=DEFAULT_REDIS_HELP, show_default=False)]
-Host = Annotated[str | None, typer.Option("--host", help="Address the API listens on [default 127.0.0.1].")]
-Port = Annotated[int | None, typer.Option("--port", help="Port of the API [default 8000].", min=0, max=65535)]
+Host = Annotated[str | None, typer.Option("--host", help="Address the API listens on (default 127.0.0.1).")]
+Port = Annotated[int | None, typer.Option("--port", help="Port of the API (default 8000).", min=0, max=65535)]
 
 
 def _settings(**overrides) -> Settings:
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
     def up(
         host: Host = None, port: Port = None,
         redis_url: Annotated[str | None, typer.Option(
-            "--redis-url", help="Use this Redis instead of the embedded Valkey [env REDIS_URL].")] = None,
+            "--redis-url", help="Use this Redis instead of the embedded Valkey (env REDIS_URL).")] = None,
         demo: Annotated[bool, typer.Option(help="Add a demo camera served by the local RTSP server.")] = True,
     ) -> None:
         """Everything on one machine: embedded Valkey, the API, one worker and a demo camera. Ctrl-C stops."""
@@ -73,9 +73,9 @@ def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker(
         redis_url: RedisUrl = None,
-        worker_id: Annotated[str | None, typer.Option(help="Name in leases [env DPSTREAM_WORKER_ID].")] = None,
+        worker_id: Annotated[str | None, typer.Option(help="Name in leases (env DPSTREAM_WORKER_ID).")] = None,
         metrics_port: Annotated[int | None, typer.Option(
-            help="Serve this worker's /metrics on this port (0: off) [env DPSTREAM_WORKER_METRICS_PORT].",
+            help="Serve this worker's /metrics on this port (0: off) (env DPSTREAM_WORKER_METRICS_PORT).",
             min=0, max=65535)] = None,
         rtsp_port: Annotated[int | None, typer.Option(
             help="Re-stream each camera's releases as H.264 at rtsp://HOST:PORT/<camera>/private "

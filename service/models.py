@@ -62,7 +62,8 @@ class CameraSettings(Model):
     layout: Literal["fixed", "map", "previous", "private"] = Field(
         default="previous",
         description="How cells are chosen: fixed size, an operator map, the previous release (the default: "
-        "adaptive at no privacy cost, never worse than the best fixed size in docs/benchmarks.md), or a "
+        "adaptive at no privacy cost, never worse than the best fixed size for RGB and within 0.2 dB of it for "
+        "yuv420 in docs/benchmarks.md), or a "
         "noisy per-frame complexity (private, costs eps_layout).",
     )
     cell_size: int = Field(default=16, ge=1, le=1024, description="Cell side in pixels (fixed layout; the "

@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     rtsp_port: int = Field(
         default=8554, ge=0, le=65535,
         validation_alias=AliasChoices("rtsp_port", "DPSTREAM_RTSP_PORT"),
-        description="Port of the local RTSP server (`dpstream up` demo camera and /private re-streams).",
+        description="Port of the local RTSP server of `dpstream up` (its demo camera and /private re-streams; a "
+        "free port if taken). `dpstream worker` re-streams only with --rtsp-port.",
     )
     latest_cache_s: float = Field(
         default=0.02, ge=0, le=5,

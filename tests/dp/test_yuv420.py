@@ -103,6 +103,7 @@ def test_yuv420_release_round_trips_as_format_version_2_and_rgb_stays_version_1(
     assert back.color == "yuv420" and back.header == rel.header and np.array_equal(back.means, rel.means)
     rgb = Pixelizer(PixelizeSpec(eps_pix=1.0), backend="cpu").release(rng.integers(0, 256, (8, 8, 3), np.uint8))
     assert rgb.to_bytes()[4] == 1 and Release.from_bytes(rgb.to_bytes()).color == "rgb"
+    assert (rel.header["format_version"], rgb.header["format_version"]) == (2, 1)  # what the bytes say
 
 
 def test_yuv420_reconstructions_are_the_cell_colours(rng):

@@ -28,14 +28,16 @@ log = logging.getLogger("dpstream.up")
 DEMO_ID = "demo"
 
 
-def _start_rtsp(port: int):
+def _start_rtsp(port: int, host: str):
+    """The RTSP server of the demo camera and the /private re-streams, on the API's address (so that
+    `up --host 0.0.0.0` in a container serves them outside it, as a worker's --rtsp-port does)."""
     from streams.rtsp_server import LocalRtspServer
 
     try:
-        return LocalRtspServer(port=port).start()
+        return LocalRtspServer(port=port, host=host).start()
     except DpstreamError:
         log.warning("RTSP port %s is taken; using a free port", port)
-        return LocalRtspServer(port=0).start()
+        return LocalRtspServer(port=0, host=host).start()
 
 
 def _ensure_demo_camera(store: SyncStore, source: str) -> None:
@@ -71,7 +73,7 @@ def run_up(settings: Settings, *, demo: bool = True) -> int:
         store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
         stack.callback(store.close)
         store.ping()
-        rtsp = _start_rtsp(settings.rtsp_port)
+        rtsp = _start_rtsp(settings.rtsp_port, settings.host)
         stack.callback(rtsp.stop)
         if demo:
             rtsp.serve_test_pattern("/demo-source", pattern="ball", width=320, height=240, fps=15)

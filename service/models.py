@@ -12,7 +12,15 @@ import re
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from service.redaction import redact_url
 
@@ -35,11 +43,25 @@ def new_camera_id() -> str:
 MAX_MAP_BLOCKS = 1 << 16  # every camera config is read on each listing: a map stays a few hundred kB
 
 
-class CameraSettings(Model):
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # True == 1 would pass Literal[1, 3]: a grey camera by accident
+        raise ValueError("give the number 1 or 3, not a boolean")
+    return v
+
+
+class StrictModel(Model):
+    """A camera's settings take JSON's own types: `"channels": true` or `"eps_pix": "1.5"` is an error, not
+    a guess (a client that sends them has a bug that would otherwise choose a privacy setting)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CameraSettings(StrictModel):
     """What a camera releases and at what privacy cost. All of it can change live (PATCH)."""
 
     enabled: bool = Field(default=True, description="False stops the camera (state DISABLED) but keeps it.")
-    channels: Literal[1, 3] = Field(default=3, description="Released channels: 3 (RGB) or 1 (grey).")
+    channels: Annotated[Literal[1, 3], BeforeValidator(_not_bool)] = Field(
+        default=3, description="Released channels: 3 (RGB) or 1 (grey).")
     color: Literal["rgb", "yuv420"] = Field(
         default="rgb",
         description="rgb, or yuv420: release the decoder's planar YUV 4:2:0 as it is (no colour conversion; "
@@ -182,7 +204,7 @@ def _patch_model() -> type[Model]:
     fields["source"] = (str | None, Field(default=None, min_length=3, max_length=2048,
                                           pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$",
                                           description=SOURCE_DESCRIPTION))
-    return create_model("CameraPatch", __base__=Model, **fields)
+    return create_model("CameraPatch", __base__=StrictModel, **fields)
 
 
 CameraPatch = _patch_model()

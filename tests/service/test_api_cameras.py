@@ -118,6 +118,10 @@ def test_eps_window_equal_to_the_frame_cost_in_decimals_is_accepted(admin: httpx
         ({"source": "test:nosuchpattern"}, "source"),
         ({"source": "rtsp://:554/live"}, "source"),  # no host
         ({"eps_pix": 1e-12}, "eps_pix"),  # noise the sampler cannot draw (dp refused every frame)
+        ({"channels": True}, "channels"),  # JSON's own types only: true is not 1
+        ({"enabled": "yes"}, "enabled"),
+        ({"eps_pix": "1.5"}, "eps_pix"),
+        ({"m_pixels": 16.5}, "m_pixels"),
         ({"layout": "map", "layout_map": [[16] * 300] * 300}, "layout_map"),  # 90,000 macro-blocks
     ],
 )
@@ -136,6 +140,8 @@ def test_invalid_patch_is_422_and_keeps_the_camera(admin: httpx.Client) -> None:
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "eps_layout"]
     assert admin.patch("/api/v1/cameras/lobby", json={"id": "other"}).status_code == 422
+    assert admin.patch("/api/v1/cameras/lobby", json={"channels": True}).status_code == 422
+    assert admin.patch("/api/v1/cameras/lobby", json={"release_fps": "2"}).status_code == 422
     assert admin.get("/api/v1/cameras/lobby").json()["version"] == 1
 
 

@@ -8,12 +8,13 @@ exactly `t` and `t - window_s` count together, the conservative reading.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from fractions import Fraction
 
 from dp.errors import ConfigError
-from dp.spec import _check_eps, exact_epsilon
+from dp.spec import _check_eps, _check_number, exact_epsilon
 
 
 class Ledger:
@@ -22,7 +23,7 @@ class Ledger:
     Usage::
 
         ledger = Ledger(eps_window=4.0, window_s=10.0)
-        if ledger.try_spend(t_s, spec.eps_frame):
+        if ledger.try_spend(t_s, spec.eps_frame_exact):
             ...release the frame...
         else:
             ...repeat the last release (free post-processing)...
@@ -30,10 +31,7 @@ class Ledger:
 
     def __init__(self, eps_window: float, window_s: float) -> None:
         self.eps_window = _check_eps("eps_window", eps_window)
-        try:
-            window = float(window_s)
-        except (TypeError, ValueError):
-            raise ConfigError(f"window_s={window_s!r} must be a number of seconds") from None
+        window = _check_number("window_s", window_s, "give the window in seconds, such as 10.0")
         if not (window > 0 and window < float("inf")):
             raise ConfigError(f"window_s={window_s!r} must be a positive number of seconds")
         self.window_s = window
@@ -51,8 +49,18 @@ class Ledger:
         while self._spends and self._spends[0][0] < start:
             self._total -= self._spends.popleft()[1]
 
+    @staticmethod
+    def _cost(eps) -> Fraction:
+        """The exact cost of a spend: a Fraction as it is (PixelizeSpec.eps_frame_exact: eps_pix + eps_layout
+        summed exactly; their float sum may round below it), else the decimal the operator wrote."""
+        if isinstance(eps, Fraction):
+            if not eps > 0:
+                raise ConfigError(f"eps={eps} must be > 0")
+            return eps
+        return exact_epsilon(_check_eps("eps", eps))
+
     def _check_time(self, t_s: float) -> float:
-        t = float(t_s)
+        t = _check_number("t_s", t_s, "give a time in seconds")
         if t != t or t in (float("inf"), float("-inf")):
             raise ConfigError(f"t_s={t_s!r} must be a finite time in seconds")
         if self._last_t is not None and t < self._last_t:
@@ -60,8 +68,9 @@ class Ledger:
         return t
 
     def try_spend(self, t_s: float, eps: float) -> bool:
-        """Spend `eps` at time `t_s` if the window allows it; False (and nothing spent) otherwise."""
-        cost = exact_epsilon(_check_eps("eps", eps))
+        """Spend `eps` at time `t_s` if the window allows it; False (and nothing spent) otherwise. Pass the
+        spec's `eps_frame_exact` where there is one: exact to the last digit."""
+        cost = self._cost(eps)
         with self._lock:
             t = self._check_time(t_s)
             self._expire(t)
@@ -79,9 +88,10 @@ class Ledger:
         Only the caller that made the spend may refund it, and only while nothing of that release exists:
         a refund after an output left would break the guarantee.
         """
-        cost = exact_epsilon(_check_eps("eps", eps))
+        cost = self._cost(eps)
+        t = _check_number("t_s", t_s, "give the time of the spend")
         with self._lock:
-            if not self._spends or self._spends[-1] != (float(t_s), cost):
+            if not self._spends or self._spends[-1] != (t, cost):
                 return False
             self._spends.pop()
             self._total -= cost
@@ -125,10 +135,13 @@ class Ledger:
         try:
             ledger = cls(state["eps_window"], state["window_s"])
             for t, c in state.get("spends", []):
-                cost = Fraction(c)
-                ledger._spends.append((float(t), cost))
+                cost, when = Fraction(c), float(t)
+                # a cost <= 0 would give budget back, a NaN time would switch the clock check off
+                if not cost > 0 or not math.isfinite(when) or (ledger._last_t is not None and when < ledger._last_t):
+                    raise ValueError(f"spend {c!r} at {t!r} is not a positive cost at a finite time, in order")
+                ledger._spends.append((when, cost))
                 ledger._total += cost
-                ledger._last_t = float(t)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                ledger._last_t = when
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
             raise ConfigError(f"ledger state is malformed: {exc}") from None
         return ledger

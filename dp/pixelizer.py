@@ -20,10 +20,9 @@ from dp import layout as lay
 from dp.cell_math import DOMAIN_LAYOUT
 from dp.errors import BackendUnavailable, ConfigError, FrameError
 from dp.noise import fresh_key, key_words, laplace_tables
-from dp.release import Release
+from dp.release import MAX_SIDE, Release  # one side limit for releasing and parsing
 from dp.spec import PixelizeSpec
 
-MAX_SIDE = 32768
 BACKENDS = ("auto", "cpu", "cuda")
 
 
@@ -196,6 +195,7 @@ class Pixelizer:
 
         `key` (32 bytes) makes the noise deterministic: tests only. Production never passes it.
         """
+        camera_id, frame_index, timestamp_s = _checked_header(camera_id, frame_index, timestamp_s)
         with self._lock:
             spec = self._spec
             conv = None  # the colour rule of an I420 frame whose RGB picture is summed as it is converted
@@ -322,6 +322,24 @@ class Pixelizer:
         if frame.shape[0] > MAX_SIDE or frame.shape[1] > MAX_SIDE:
             raise FrameError(f"frame has shape {frame.shape}; sides above {MAX_SIDE} pixels are not supported")
         return np.ascontiguousarray(frame)
+
+
+def _checked_header(camera_id, frame_index, timestamp_s):
+    """The release's own header fields, refused before any noise is drawn if its bytes could not hold them."""
+    if not isinstance(camera_id, str):
+        raise ConfigError(f"camera_id={camera_id!r} must be a string")
+    try:
+        if len(camera_id.encode("utf-8")) > 0xFFFF:
+            raise ConfigError(f"camera_id is {len(camera_id.encode('utf-8'))} bytes long; at most 65535")
+    except UnicodeEncodeError:
+        raise ConfigError(f"camera_id={camera_id!r} is not valid Unicode text") from None
+    if frame_index is not None and (isinstance(frame_index, bool) or not isinstance(frame_index, int | np.integer)
+                                    or not 0 <= int(frame_index) < 1 << 64):
+        raise ConfigError(f"frame_index={frame_index!r} must be an integer from 0 to 2^64 - 1")
+    number = isinstance(timestamp_s, int | float | np.integer | np.floating) and not isinstance(timestamp_s, bool)
+    if timestamp_s is not None and not (number and np.isfinite(timestamp_s)):
+        raise ConfigError(f"timestamp_s={timestamp_s!r} must be a finite number of seconds")
+    return camera_id, frame_index, timestamp_s
 
 
 def _is_device_array(obj) -> bool:

@@ -16,9 +16,11 @@ Everything in it is public or noisy: a release holds no raw pixel, sum, score or
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,11 +28,33 @@ from dp.errors import ConfigError, ReleaseFormatError
 from dp.layout import Grid
 from dp.spec import COLORS, LAYOUT_MODES, exact_epsilon
 
+MAX_SIDE = 32768  # the largest frame side Pixelizer releases (dp.pixelizer.MAX_SIDE)
 MAGIC = b"DPSR"
 FORMAT_VERSION = 2  # version 1: the same without the colour byte (RGB or grey)
 _FIXED = struct.Struct("<QdIIBBH")
 _EPS = struct.Struct("<Idd")
 _RAW, _UNIFORM = 0, 1
+
+
+@lru_cache(maxsize=256)  # a camera's releases share their settings: checked once, not on every parse
+def _check_settings(mode, color, channels, block, sizes, m_pixels, eps_pix, eps_layout, height, width) -> None:
+    """A parsed header's settings are ones a PixelizeSpec accepts (and its cells fit its block): else the
+    bytes were not written by Pixelizer, whatever their checksum says."""
+    from dp.spec import PixelizeSpec
+
+    if mode == "fixed":
+        if len(sizes) != 1 or block != sizes[0]:
+            raise ReleaseFormatError(f"a fixed-layout release has one cell size equal to its block, not {sizes} / {block}")
+    elif tuple(sorted(set(sizes))) != tuple(sizes):
+        raise ReleaseFormatError(f"release cell sizes {sizes} are not distinct and increasing")
+    if color == "yuv420" and (height % 2 or width % 2):
+        raise ReleaseFormatError(f"a yuv420 release of {height}x{width} pixels: its sides must be even")
+    try:
+        PixelizeSpec(eps_pix=eps_pix, m_pixels=m_pixels, channels=channels, color=color, layout=mode,
+                     cell_size=sizes[0], cell_sizes=tuple(sizes), block_size=block, eps_layout=eps_layout,
+                     layout_map=((sizes[0],),) if mode == "map" else None)
+    except ConfigError as exc:
+        raise ReleaseFormatError(f"release header holds settings no Pixelizer releases: {exc}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,11 +245,17 @@ class Release:
                 raise ReleaseFormatError("release header holds an impossible colour")
         if channels not in (1, 3) or mode >= len(LAYOUT_MODES) or not sizes or block < 1 or height < 1 or width < 1:
             raise ReleaseFormatError("release header holds impossible values")
+        if height > MAX_SIDE or width > MAX_SIDE:
+            raise ReleaseFormatError(f"release of {height}x{width} pixels: sides above {MAX_SIDE} are never released")
+        _check_settings(LAYOUT_MODES[mode], COLORS[color], channels, block, sizes, m_pixels, eps_pix, eps_layout,
+                        height, width)
         grid = Grid(height, width, block)
         (n_codes,) = struct.unpack_from("<I", body, pos)
         pos += 4
         if n_codes != grid.shape[0] * grid.shape[1]:
             raise ReleaseFormatError(f"release has {n_codes} layout codes, its grid needs {grid.shape}")
+        if n_codes > len(body):  # every block has a mean, so its means alone would take more bytes than these
+            raise ReleaseFormatError(f"release of {len(body)} bytes cannot hold the means of {n_codes} blocks")
         encoding = body[pos]
         pos += 1
         if encoding == _UNIFORM:
@@ -245,6 +275,10 @@ class Release:
         if n_means != n_expected or len(body) != pos + n_means:
             raise ReleaseFormatError(f"release has {n_means} means and {len(body) - pos} bytes; its layout needs {n_expected}")
         means = np.frombuffer(body, dtype=np.uint8, count=n_means, offset=pos).copy()
+        if version == 2 and color == 0:
+            raise ReleaseFormatError("an RGB or grey release is written as version 1, not 2")
+        if not math.isfinite(ts):
+            raise ReleaseFormatError("release timestamp is not finite")
         return cls(camera_id, int(frame_index), float(ts), int(height), int(width), int(channels),
                    LAYOUT_MODES[mode], int(block), tuple(int(s) for s in sizes), int(m_pixels),
                    float(eps_layout), float(eps_pix), layout, means, offsets, COLORS[color])

@@ -34,11 +34,21 @@ def exact_epsilon(eps: float) -> Fraction:
     return Fraction(repr(float(eps)))
 
 
-def _check_eps(name: str, value: float, *, allow_zero: bool = False) -> float:
+_NUMBERS = (int, float, np.integer, np.floating, Fraction, Decimal)
+
+
+def _check_number(name: str, value: object, hint: str) -> float:
+    """`value` as a float when it is a real number (never a bool, a string or an array), else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS):
+        raise ConfigError(f"{name}={value!r} is not a number; {hint}")
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a number; give a positive epsilon such as 1.0") from None
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{name}={value!r} is too large; {hint}") from None
+
+
+def _check_eps(name: str, value: float, *, allow_zero: bool = False) -> float:
+    v = _check_number(name, value, "give a positive epsilon such as 1.0")
     if not math.isfinite(v):
         raise ConfigError(f"{name}={value!r} is not finite; give a positive epsilon such as 1.0")
     if v < 0 or (v == 0 and not allow_zero):
@@ -100,14 +110,15 @@ class PixelizeSpec:
         set_(self, "eps_pix", _check_eps("eps_pix", self.eps_pix))
         set_(self, "m_pixels", _check_int("m_pixels", self.m_pixels, lo=1, hi=1 << 20,
                                           hint="m_pixels is the number of pixel positions protected, >= 1"))
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int | np.integer) \
+                or self.channels not in (1, 3):
             raise ConfigError(f"channels={self.channels!r} must be 1 (grey) or 3 (RGB)")
         set_(self, "channels", int(self.channels))
-        if self.color not in COLORS:
+        if not isinstance(self.color, str) or self.color not in COLORS:
             raise ConfigError(f"color={self.color!r} is unknown; use one of {', '.join(COLORS)}")
         if self.color == "yuv420" and self.channels != 3:
             raise ConfigError("color='yuv420' releases Y, U and V: it needs channels=3")
-        if self.layout not in LAYOUT_MODES:
+        if not isinstance(self.layout, str) or self.layout not in LAYOUT_MODES:
             raise ConfigError(f"layout={self.layout!r} is unknown; use one of {', '.join(LAYOUT_MODES)}")
         set_(self, "eps_layout", _check_eps("eps_layout", self.eps_layout, allow_zero=True))
         if self.layout == "private" and self.eps_layout == 0:
@@ -121,7 +132,7 @@ class PixelizeSpec:
                                            hint="use a cell side in pixels such as 16"))
         set_(self, "gradient_clip", _check_int("gradient_clip", self.gradient_clip, lo=1, hi=255,
                                                hint="G clips neighbour differences, 1..255"))
-        gain = float(self.detail_gain)
+        gain = _check_number("detail_gain", self.detail_gain, "use a positive number such as 0.25")
         if not (math.isfinite(gain) and gain > 0):
             raise ConfigError(f"detail_gain={self.detail_gain!r} must be a positive finite number")
         set_(self, "detail_gain", gain)
@@ -133,10 +144,10 @@ class PixelizeSpec:
         else:
             set_(self, "block_size", _check_int("block_size", self.block_size, lo=1, hi=256,
                                                 hint="use a macro-block side such as 32"))
-            try:
-                sizes = tuple(sorted({int(s) for s in self.cell_sizes}))
-            except (TypeError, ValueError):
-                raise ConfigError(f"cell_sizes={self.cell_sizes!r} must be integers such as (4, 8, 16, 32)") from None
+            hint = "give integers such as (4, 8, 16, 32)"
+            if isinstance(self.cell_sizes, str | bytes | dict) or not hasattr(self.cell_sizes, "__iter__"):
+                raise ConfigError(f"cell_sizes={self.cell_sizes!r} must be a sequence of cell sides; {hint}")
+            sizes = tuple(sorted({_check_int("cell_sizes", s, lo=1, hi=1024, hint=hint) for s in self.cell_sizes}))
             if not sizes or len(sizes) > 16:
                 raise ConfigError(f"cell_sizes={self.cell_sizes!r} must list 1 to 16 sizes")
             bad = [s for s in sizes if s < 1 or self.block_size % s]

@@ -387,7 +387,7 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
             for frame in frames:
                 # the ledger is checked before every release, the first included; a refused frame repeats
                 # the last release (free post-processing)
-                if ledger is None or ledger.try_spend(frame.pts_s, spec.eps_frame):
+                if ledger is None or ledger.try_spend(frame.pts_s, spec.eps_frame_exact):
                     last = px.release(frame.array, camera_id=camera_id, frame_index=frame.index,
                                       timestamp_s=frame.timestamp_s, i420=i420_for(frame, spec.color))
                     released += 1

@@ -19,7 +19,7 @@ Flow of one frame: GStreamer decodes it; the source's pull thread appends it to 
 oldest frame is dropped and counted when the queue is full). The release thread takes frames in order and:
 
 1. rate gate: releases at most ``release_fps`` frames per second of capture time (others are skipped);
-2. ledger gate: ``ledger.try_spend(t, spec.eps_frame)``; a frame that would overspend is not released and
+2. ledger gate: ``ledger.try_spend(t, spec.eps_frame_exact)``; a frame that would overspend is not released and
    the sinks get the *previous* release again (the same object: free post-processing; sinks that store
    releases can recognise a repeat by its unchanged ``frame_index``);
 3. ``Pixelizer.release``; then every sink is called with the one release (the frame is released once).
@@ -665,7 +665,7 @@ class CameraWorker:
                 self._c["skipped"] += 1
             return
         ledger_t = max(t_s, self._last_ledger_t)  # the ledger needs a monotonic clock
-        if self._ledger is not None and not self._ledger.try_spend(ledger_t, self._spec.eps_frame):
+        if self._ledger is not None and not self._ledger.try_spend(ledger_t, self._spec.eps_frame_exact):
             with self._stats_lock:
                 self._c["repeated"] += 1
             if self._last_release is not None:
@@ -682,7 +682,7 @@ class CameraWorker:
             # Refused for its size or the settings (a layout map of another shape, say): nothing of it
             # exists, so the spend is given back, or a misconfigured camera would burn its whole budget.
             if self._ledger is not None:
-                self._ledger.refund(charged_t, self._spec.eps_frame)
+                self._ledger.refund(charged_t, self._spec.eps_frame_exact)
             reason = self._redact(str(exc))
             self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, reason)
             with self._stats_lock:

@@ -99,3 +99,39 @@ def test_refund_takes_back_exactly_the_latest_spend():
     assert ledger.spent(3.0) == 1.0 and ledger.try_spend(3.0, 1.0)
     with pytest.raises(ConfigError):  # spends still may not go back in time
         ledger.try_spend(2.5, 0.1)
+
+
+@pytest.mark.parametrize("spends", [[[0, "-5/1"]], [[0, "0/1"]], [[float("nan"), "1/10"]], [[100, "1/10"], [0, "1/10"]],
+                                    [[1e400, "1/10"]], [["x", "1/10"]]])
+def test_a_stored_state_that_would_break_the_budget_is_refused(spends):
+    with pytest.raises(ConfigError, match="malformed"):
+        Ledger.from_dict({"eps_window": 1.0, "window_s": 10.0, "spends": spends})
+
+
+def test_the_exact_frame_cost_is_charged_not_its_float():
+    from dp import PixelizeSpec
+
+    # eps_pix + eps_layout as a float rounds below their exact sum: three releases would fit a window of
+    # three float costs, two of the exact ones
+    spec = PixelizeSpec(eps_pix=4.522949178819921, layout="private", eps_layout=4.19179)
+    assert exact_epsilon(spec.eps_frame) < spec.eps_frame_exact
+    window = float(3 * exact_epsilon(spec.eps_frame))
+    ledger = Ledger(window, 10.0)
+    assert sum(ledger.try_spend(t, spec.eps_frame_exact) for t in range(5)) == 2
+    assert ledger.spent(4.0) == float(2 * spec.eps_frame_exact)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((True, 10.0), {}), (("4", "10"), {}), ((4.0, 10**400), {}),
+                                              ((10**400, 1.0), {})])
+def test_ledgers_of_the_wrong_types_are_config_errors(args, kwargs):
+    with pytest.raises(ConfigError):
+        Ledger(*args, **kwargs)
+
+
+def test_spends_and_refunds_of_the_wrong_types_are_config_errors():
+    ledger = Ledger(4.0, 10.0)
+    assert ledger.try_spend(1.0, 1.0)
+    for bad in (lambda: ledger.try_spend(None, 0.5), lambda: ledger.try_spend("5", 0.5),
+                lambda: ledger.refund("x", 0.1), lambda: ledger.try_spend(2.0, Fraction(-1, 2))):
+        with pytest.raises(ConfigError):
+            bad()

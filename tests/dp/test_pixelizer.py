@@ -381,3 +381,78 @@ def test_unknown_backend_is_refused():
 def test_grey_frames_may_be_two_dimensional():
     rel = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=1), backend="cpu").release(np.zeros((20, 20), np.uint8))
     assert rel.reconstruct().shape == (20, 20, 1)
+
+
+# --- releases whose checksum is right but whose settings no Pixelizer writes ---------------------------
+def _crafted(*, camera_id=b"cam", index=0, ts=1.0, height=64, width=64, channels=3, mode=0, block=16,
+             sizes=(16,), m=16, eps_layout=0.0, eps_pix=1.0, version=1, color=None, codes=None, means=None):
+    """Release bytes in the documented layout (dp/release.py) with a correct CRC: what an attacker or a
+    corrupted store could hand from_bytes."""
+    import struct
+    import zlib
+
+    n_blocks = -(-height // block) * -(-width // block)
+    body = b"DPSR" + struct.pack("<BH", version, len(camera_id)) + camera_id
+    body += struct.pack("<QdIIBBH", index, ts, height, width, channels, mode, block)
+    body += struct.pack(f"<B{len(sizes)}H", len(sizes), *sizes) + struct.pack("<Idd", m, eps_layout, eps_pix)
+    if version == 2:
+        body += bytes([1 if color is None else color])
+    body += struct.pack("<I", n_blocks) + (bytes([1, 0]) if codes is None else bytes([0]) + bytes(codes))
+    n_means = n_blocks * channels if means is None else means
+    body += struct.pack("<I", n_means) + bytes(n_means)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_the_crafting_helper_writes_what_pixelizer_writes():
+    rel = Release.from_bytes(_crafted())
+    assert (rel.height, rel.width, rel.cell_sizes, rel.eps_pix) == (64, 64, (16,), 1.0)
+
+
+@pytest.mark.parametrize("fields", [
+    {"eps_pix": -1.0}, {"eps_pix": float("nan")}, {"eps_pix": float("-inf")}, {"eps_pix": 0.0},
+    {"m": 0}, {"eps_layout": 5.0},  # a fixed layout spends no eps_layout
+    {"mode": 3, "block": 32, "sizes": (16, 32)},  # private without eps_layout
+    {"sizes": (0,)}, {"block": 16, "sizes": (8, 16)},  # fixed: one size, equal to the block
+    {"mode": 2, "block": 8, "sizes": (3, 8)},  # 3 does not divide 8
+    {"mode": 2, "block": 32, "sizes": (32, 16)}, {"mode": 2, "block": 32, "sizes": (16, 16)},
+    {"version": 2, "color": 0},  # RGB is version 1
+    {"version": 2, "height": 63},  # yuv420 needs even sides
+    {"height": 1, "width": 2**32 - 1, "block": 1, "sizes": (1,), "means": 0},  # would allocate gigabytes
+    {"height": 40000, "width": 40000, "block": 2, "sizes": (2,), "means": 0},
+    {"height": 30000, "width": 30000, "block": 1, "sizes": (1,), "means": 0},  # 900 M blocks in 60 bytes
+    {"ts": float("nan")},
+])
+def test_releases_with_impossible_settings_are_refused_even_with_a_good_checksum(fields):
+    with pytest.raises(ReleaseFormatError):
+        Release.from_bytes(_crafted(**fields))
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"frame_index": -1}, "frame_index"), ({"frame_index": 2**64}, "frame_index"),
+    ({"frame_index": True}, "frame_index"), ({"frame_index": 1.7}, "frame_index"),
+    ({"camera_id": "\ud800"}, "camera_id"), ({"camera_id": "x" * 70000}, "camera_id"), ({"camera_id": 5}, "camera_id"),
+    ({"timestamp_s": float("nan")}, "timestamp_s"), ({"timestamp_s": "abc"}, "timestamp_s"),
+])
+def test_header_fields_a_release_cannot_hold_are_refused_before_any_noise(kwargs, fragment, rng):
+    px = Pixelizer(spec_for("previous"), backend="cpu")
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    first = px.release(frame, key=bytes(32))
+    with pytest.raises(ConfigError, match=fragment):
+        px.release(frame, **kwargs)
+    # the refused call changed nothing: the next release follows the first one's layout, as without it
+    again = Pixelizer(spec_for("previous"), backend="cpu")
+    again.release(frame, key=bytes(32))
+    assert np.array_equal(px.release(frame, key=bytes(range(32))).layout, again.release(frame, key=bytes(range(32))).layout)
+    assert first.to_bytes()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"detail_gain": None}, {"detail_gain": [1]}, {"detail_gain": "0.5"}, {"eps_pix": 10**400}, {"eps_pix": True},
+    {"eps_pix": "1.0"}, {"channels": 3.0}, {"channels": np.array([3])}, {"layout": np.array("fixed")},
+    {"layout": "previous", "cell_sizes": (float("inf"), 16)}, {"layout": "previous", "cell_sizes": (4.7, 8, 16, 32)},
+    {"layout": "previous", "cell_sizes": "48"}, {"layout": "previous", "cell_sizes": (True, 8, 16, 32)},
+])
+def test_specs_of_the_wrong_types_are_config_errors_not_guesses(kwargs):
+    kwargs = {"eps_pix": 1.0, **kwargs}
+    with pytest.raises(ConfigError):
+        PixelizeSpec(**kwargs)

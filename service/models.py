@@ -40,6 +40,10 @@ def new_camera_id() -> str:
     return "cam-" + secrets.token_hex(4)
 
 
+def new_incarnation() -> str:
+    return secrets.token_hex(8)
+
+
 MAX_MAP_BLOCKS = 1 << 16  # every camera config is read on each listing: a map stays a few hundred kB
 
 
@@ -157,6 +161,9 @@ class Camera(CameraCreate):
 
     id: str = Field(pattern=SLUG_PATTERN, description="Slug naming the camera.")
     version: int = Field(default=1, ge=1, description="Incremented by every change; workers apply the latest.")
+    incarnation: str = Field(default="", max_length=64, description="Set when the camera is created. A camera "
+                             "deleted and created again under its id is a new one (its version starts at 1 "
+                             "again): workers apply it whatever the version they ran.")
 
     def public(self) -> Camera:
         """This camera with credentials taken out of its source, for responses and logs."""
@@ -204,6 +211,8 @@ def _patch_model() -> type[Model]:
     fields["source"] = (str | None, Field(default=None, min_length=3, max_length=2048,
                                           pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$",
                                           description=SOURCE_DESCRIPTION))
+    fields["incarnation"] = (str | None, Field(default=None, max_length=64, description="Accepted only as GET "
+                                               "returned it (a GET-edit-PATCH round trip); it never changes."))
     return create_model("CameraPatch", __base__=StrictModel, **fields)
 
 

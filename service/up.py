@@ -18,7 +18,7 @@ from dp.errors import ConfigError, DpstreamError
 from service.api import create_app
 from service.auth import create_token
 from service.embedded import EmbeddedValkey
-from service.models import Camera
+from service.models import Camera, new_incarnation
 from service.redaction import redact_url
 from service.settings import Settings
 from service.store import SyncStore
@@ -44,7 +44,7 @@ def _ensure_demo_camera(store: SyncStore, source: str) -> None:
     cam = store.get_camera(DEMO_ID)
     if cam is None:
         store.put_camera(Camera(id=DEMO_ID, source=source, release_fps=5.0, eps_pix=1.0, m_pixels=16,
-                                eps_window=50.0, window_s=10.0, cell_size=16))
+                                eps_window=50.0, window_s=10.0, cell_size=16, incarnation=new_incarnation()))
     elif cam.source != source:  # the RTSP port may differ from the last run
         store.put_camera(cam.model_copy(update={"source": source, "version": cam.version + 1}))
 

@@ -219,7 +219,8 @@ class WorkerProcess:
                     log.info("camera removed camera_id=%s", cid)
                     self._drop(cid, release_lease=True)
                     self.publisher.discard_camera(cid)
-                elif cam.version != self._owned[cid].camera.version:
+                elif (cam.incarnation, cam.version) != (self._owned[cid].camera.incarnation,
+                                                        self._owned[cid].camera.version):
                     self._apply(cid, cam)
 
     def _claim(self, ids: list[str]) -> None:
@@ -279,7 +280,11 @@ class WorkerProcess:
 
     def _apply(self, cid: str, cam: Camera) -> None:
         owned = self._owned.get(cid)
-        if owned is None or cam.version <= owned.camera.version:
+        # Versions order the changes of one camera. A camera deleted and created again under its id (a new
+        # incarnation, version 1 again) is applied whatever the version: else a worker that missed the delete
+        # would run the old settings until the new camera's version passed them. A stale read of the old one
+        # after that is undone by the next heartbeat's reconcile, which reads the store.
+        if owned is None or (cam.incarnation == owned.camera.incarnation and cam.version <= owned.camera.version):
             return
         if isinstance(owned.runner, FailedRunner):  # a new version may fix it: try again
             owned.runner = self._make_runner(cam)

@@ -21,6 +21,7 @@ from service.models import (
     CameraStatus,
     camera_config_error,
     new_camera_id,
+    new_incarnation,
 )
 from service.redaction import redact_text
 
@@ -67,7 +68,8 @@ async def existing(store: StoreDep, camera_id: str) -> Camera:
              responses={**AUTH_ERRORS, **INVALID, 409: _err("A camera with this id exists.")})
 async def create_camera(body: CameraCreate, store: StoreDep) -> Camera:
     """Add a camera. A worker picks it up within one heartbeat."""
-    cam = validated(Camera.model_validate({**body.model_dump(), "id": body.id or new_camera_id(), "version": 1}))
+    cam = validated(Camera.model_validate({**body.model_dump(), "id": body.id or new_camera_id(), "version": 1,
+                                           "incarnation": new_incarnation()}))
     if not await store.create_camera(cam):
         raise HTTPException(status.HTTP_409_CONFLICT, f"camera {cam.id!r} exists; PATCH it or pick another id")
     log.info("camera created camera_id=%s layout=%s eps_pix=%s", cam.id, cam.layout, cam.eps_pix)
@@ -95,6 +97,10 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
     # null means "back to default" only where null is meaningful; elsewhere it means "unchanged"
     nullable = {"layout_map", "retention_s"}
     changes = {k: v for k, v in changes.items() if v is not None or k in nullable}
+    if "incarnation" in changes and changes.pop("incarnation") != current.incarnation:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+            "loc": ["body", "incarnation"], "type": "value_error",
+            "msg": "incarnation is set when a camera is created and never changes; leave it out"}])
     if changes.get("source") == current.public().source:
         del changes["source"]  # a GET-then-PATCH round trip sends the redacted source back: keep the real one
     merged = {**current.model_dump(), **changes, "version": current.version + 1}

@@ -184,3 +184,13 @@ def test_nan_and_infinity_in_a_body_are_422_without_echoing_it(admin: httpx.Clie
         assert "s3cret" not in r.text
     # the connection is still usable afterwards
     assert admin.get("/api/v1/cameras/hall").status_code == 200
+
+
+def test_a_camera_created_again_is_a_new_incarnation_and_patches_keep_it(admin: httpx.Client) -> None:
+    first = admin.post("/api/v1/cameras", json={"id": "yard", "source": TEST_SOURCE}).json()
+    patched = admin.patch("/api/v1/cameras/yard", json={"eps_pix": 0.5}).json()
+    assert first["incarnation"] and patched["incarnation"] == first["incarnation"] and patched["version"] == 2
+    assert admin.delete("/api/v1/cameras/yard").status_code == 204
+    again = admin.post("/api/v1/cameras", json={"id": "yard", "source": TEST_SOURCE}).json()
+    assert again["version"] == 1 and again["incarnation"] != first["incarnation"]
+    assert admin.patch("/api/v1/cameras/yard", json={"incarnation": "mine"}).status_code == 422  # not settable

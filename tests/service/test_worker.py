@@ -210,3 +210,23 @@ def test_grey_camera_serves_a_grey_jpeg(admin: httpx.Client, worker) -> None:
     img = Image.open(io.BytesIO(admin.get("/api/v1/cameras/grey/frame.jpg").content))
     assert (img.mode, img.size) == ("L", (160, 120))
     assert releases_of(admin, "grey")[0]["channels"] == 1
+
+
+def test_a_camera_created_again_under_its_id_runs_its_own_settings(admin: httpx.Client, worker,
+                                                                   redis_url: str) -> None:
+    from service.models import Camera
+
+    make_camera(admin, "gate", eps_pix=5.0)
+    for fps in (4.0, 3.0, 5.0):  # version 4
+        assert admin.patch("/api/v1/cameras/gate", json={"release_fps": fps}).status_code == 200
+    wait_for(lambda: any(r["eps_spent"] == 5.0 for r in releases_of(admin, "gate")), timeout_s=20,
+             what="releases at eps 5")
+    # Deleted and created again while the worker's pub/sub connection was down: the worker hears of neither,
+    # and the new camera starts at version 1. Written straight to Redis, as the API would, minus the events.
+    r = redis.Redis.from_url(redis_url)
+    old = Camera.model_validate_json(r.get(KEYS.camera("gate")))
+    new = old.model_copy(update={"version": 1, "incarnation": "a-new-one", "eps_pix": 1.0, "eps_window": 3.0})
+    r.set(KEYS.camera("gate"), new.model_dump_json())
+    mark = releases_of(admin, "gate", limit=1000)[-1]["entry_id"]
+    wait_for(lambda: (fresh := releases_of(admin, "gate", since=mark)) and fresh[-1]["eps_spent"] == 1.0,
+             timeout_s=15, what="the new camera's eps_pix in its releases")

@@ -84,13 +84,12 @@ class StreamsCameraRunner:
 
         with self._lock:
             self._seen = dict.fromkeys(self._seen, 0)  # a new CameraWorker counts from zero
-        sinks = [self._store_release]
         if self._rtsp is not None:
+            # fed by the publisher once a release is stored, not as a sink of its own (see _store_release)
             self._private = self._rtsp.serve_private(camera.id)
-            sinks.append(self._private)
         self._worker = CameraWorker(
             camera.id, camera.source, camera.to_spec(), ledger=self.ledger, release_fps=camera.release_fps,
-            sinks=sinks, stall_timeout_s=self._settings.stall_timeout_s,
+            sinks=[self._store_release], stall_timeout_s=self._settings.stall_timeout_s,
             channels=camera.channels, backend=self._settings.backend, on_health_change=self._health_changed,
             tls_ca_file=self._settings.tls_ca_file)
         self._worker.start()
@@ -141,10 +140,16 @@ class StreamsCameraRunner:
         summary = {"camera_id": cam.id, "frame_index": release.frame_index, "timestamp_s": release.timestamp_s,
                    "height": release.height, "width": release.width, "channels": release.channels,
                    "layout": release.layout_mode, "eps_spent": release.eps_spent}
+        # The private re-stream shows a release only once Redis holds it, with the ledger state that counts
+        # it, under this worker's lease. Shown at once, a release made while Redis was unreachable could
+        # reach viewers uncounted: the worker that takes the camera over meanwhile starts from the stored
+        # ledger, and the two together would overspend the window.
+        private = self._private
         self._publisher.submit(PendingRelease(
             camera_id=cam.id, data=release.to_bytes(), summary=summary, ledger_state=self.ledger.to_dict(),
             retention_releases=cam.retention_releases, retention_s=cam.retention_s,
-            ledger_ttl_s=self._ledger_ttl_s(), captured_s=release.timestamp_s))
+            ledger_ttl_s=self._ledger_ttl_s(), captured_s=release.timestamp_s,
+            on_stored=(lambda: private(release)) if private is not None else None))
 
     # --- health and stats --------------------------------------------------------------------------
     def _health_changed(self, _old, new) -> None:

@@ -4,7 +4,8 @@ The camera thread hands each release over and never waits on Redis: a publisher 
 one (stream entry + latest + ledger state, atomically). While Redis is unreachable releases queue in memory,
 bounded by age (`release_buffer_s`) and count (`release_buffer_max`); the oldest are dropped first and
 counted. Once `append_release` returns the release is acknowledged; with append-only persistence on the
-server it survives a restart.
+server it survives a restart. Outputs other than the store (the private RTSP re-stream) hang on
+`on_stored`: a release reaches them only once it is counted in Redis.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ class PendingRelease:
     ledger_ttl_s: float
     captured_s: float
     queued_monotonic_s: float = field(default_factory=time.monotonic)
+    on_stored: Callable[[], None] | None = None  # called (publisher thread) once the release is acknowledged
 
 
 class ReleasePublisher:
@@ -151,5 +154,10 @@ class ReleasePublisher:
                 continue
             self.acknowledged += 1
             self.last_entry_ids[item.camera_id] = entry_id
+            if item.on_stored is not None:
+                try:
+                    item.on_stored()
+                except Exception:  # a viewer's trouble must not stop the store
+                    log.exception("after-store callback failed camera_id=%s", item.camera_id)
             FRAMES_RELEASED.labels(item.camera_id).inc()
             RELEASE_LATENCY.labels(item.camera_id).observe(max(0.0, time.time() - item.captured_s))

@@ -168,3 +168,41 @@ def test_a_worker_joining_late_gets_its_share_and_keeps_it(settings: Settings, d
         late.stop()
         first.stop()
         store.close()
+
+
+def test_the_private_restream_shows_only_releases_redis_has_counted(tmp_path: Path, dp_warm) -> None:
+    """While Redis is unreachable a worker may still release into its store buffer, but a viewer must not see
+    those releases: a worker taking the camera over meanwhile would start from the stored ledger, and the two
+    together would overspend the window."""
+    from service.models import Camera
+    from service.worker_process import WorkerProcess
+    from streams.rtsp_server import LocalRtspServer
+
+    port = free_port()
+    server = start_valkey(tmp_path / "valkey", port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = SyncStore(url)
+    store.put_camera(Camera(id="ball", source="test:ball?width=160&height=120&fps=10", release_fps=5.0,
+                            eps_window=1000.0, window_s=10.0))
+    rtsp = LocalRtspServer(port=0).start()
+    worker = WorkerProcess(Settings(redis_url=url, worker_id="w-private", lease_ttl_s=2.0), rtsp_server=rtsp)
+    worker.start()
+    try:
+        mount = wait_for(lambda: (o := worker._owned.get("ball")) and getattr(o.runner, "_private", None),
+                         timeout_s=30, what="the private mount")
+        wait_for(lambda: mount.releases_seen >= 3, timeout_s=30, what="stored releases on the mount")
+        assert mount.releases_seen <= worker.publisher.acknowledged
+        server.stop()
+        wait_for(lambda: worker.publisher.buffered >= 3, timeout_s=15, what="releases buffered while down")
+        seen_while_down = mount.releases_seen
+        acknowledged = worker.publisher.acknowledged
+        wait_for(lambda: worker.publisher.buffered >= 5, timeout_s=15, what="more releases buffered")
+        assert mount.releases_seen == seen_while_down <= acknowledged  # none of the buffered ones was shown
+        server = start_valkey(tmp_path / "valkey", port=port)
+        wait_for(lambda: worker.publisher.buffered == 0 and mount.releases_seen > seen_while_down, timeout_s=30,
+                 what="the buffered releases shown once stored")
+    finally:
+        worker.stop()
+        rtsp.stop()
+        store.close()
+        server.stop()

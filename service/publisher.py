@@ -102,9 +102,12 @@ class ReleasePublisher:
         return True
 
     def discard_camera(self, camera_id: str) -> None:
-        """Forget queued releases of a camera that was deleted."""
+        """Forget queued releases of a camera that was deleted or taken by another worker (counted as
+        discarded, so that submitted = acknowledged + discarded + dropped + buffered always holds)."""
         with self._cond:
-            self._queue = deque(p for p in self._queue if p.camera_id != camera_id)
+            kept = deque(p for p in self._queue if p.camera_id != camera_id)
+            self.discarded += len(self._queue) - len(kept)
+            self._queue = kept
             RELEASES_BUFFERED.set(len(self._queue))
 
     def _trim_locked(self) -> None:

@@ -52,7 +52,7 @@ elseif owner ~= ARGV[5] then
   return false
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], '*', unpack(fields))
 if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
@@ -63,6 +63,11 @@ end
 fields[#fields + 1] = 'id'
 fields[#fields + 1] = id
 redis.call('HSET', KEYS[3], unpack(fields))
+if ARGV[7] ~= '' then
+  -- retention_s: once a camera stops releasing, its newest release (and so all of them) goes too
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+end
 return id
 """
 _STATUS_LUA = """
@@ -246,8 +251,14 @@ class SyncStore:
                 keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id),
                       k.lease(camera_id)],
                 args=[retention_releases, min_id, json.dumps(ledger_state) if ledger_state is not None else "",
-                      int(ledger_ttl_s * 1000), worker_id, int(lease_ttl_s * 1000), *fields])
+                      int(ledger_ttl_s * 1000), worker_id, int(lease_ttl_s * 1000),
+                      max(1, int(retention_s * 1000)) if retention_s is not None else "", *fields])
         return _text(res) if res else None
+
+    def trim_old_releases(self, camera_id: str, retention_s: float) -> None:
+        """Drop releases older than retention_s (an idle camera's: appends trim the others)."""
+        with translate_errors():
+            self.redis.xtrim(self.keys.releases(camera_id), minid=f"{max(0, now_ms() - int(retention_s * 1000))}-0")
 
     def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
         with translate_errors():

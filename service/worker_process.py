@@ -176,6 +176,7 @@ class WorkerProcess:
                     self._drop(cid, release_lease=False)
         ids = self.store.camera_ids()
         self._reconcile(ids)
+        self._trim_idle()
         self._claim(ids)
         self._report()
         LEASES_HELD.set(len(self._owned))
@@ -222,6 +223,14 @@ class WorkerProcess:
                 elif (cam.incarnation, cam.version) != (self._owned[cid].camera.incarnation,
                                                         self._owned[cid].camera.version):
                     self._apply(cid, cam)
+
+    def _trim_idle(self) -> None:
+        """retention_s holds for cameras that stopped releasing too (disabled, failing): appends trim only
+        while releases come."""
+        with self._lock:
+            retained = [(cid, o.camera.retention_s) for cid, o in self._owned.items() if o.camera.retention_s]
+        for cid, retention_s in retained:
+            self.store.trim_old_releases(cid, retention_s)
 
     def _claim(self, ids: list[str]) -> None:
         fair_share = math.ceil(len(ids) / self._live_workers) if ids else 0

@@ -83,3 +83,23 @@ def test_retention_keeps_exactly_the_newest_releases(admin: httpx.Client, worker
              timeout_s=20, what="6 releases")
     assert r.xlen(KEYS.releases("ball")) == 3
     r.close()
+
+
+def test_retention_s_holds_for_a_camera_that_stopped_releasing(admin: httpx.Client, worker, redis_url: str) -> None:
+    import time
+
+    import redis
+
+    make_camera(admin, "idle", retention_s=2.0, release_fps=5.0)
+    r = redis.Redis.from_url(redis_url)
+    wait_for(lambda: r.xlen(KEYS.releases("idle")) >= 3, timeout_s=20, what="releases")
+    assert admin.patch("/api/v1/cameras/idle", json={"enabled": False}).status_code == 200
+    wait_for(lambda: admin.get("/api/v1/cameras/idle/status").json()["state"] == "DISABLED", timeout_s=10,
+             what="disabled")
+    stopped = time.time()
+    # every release is at least 2 s old a little after this: none may be left, nor the latest
+    wait_for(lambda: r.xlen(KEYS.releases("idle")) == 0 and not r.exists(KEYS.latest("idle")), timeout_s=15,
+             what="the idle camera's releases expired")
+    assert time.time() - stopped >= 1.0  # not dropped at once: kept for retention_s
+    assert admin.get("/api/v1/cameras/idle/releases/latest").status_code == 404
+    r.close()

@@ -59,3 +59,14 @@ def test_heartbeat_lists_live_workers_and_their_load(store: SyncStore) -> None:
     assert store.heartbeat_worker("w2", 5, {"cameras": 0}) == {"w1": 2, "w2": 0}
     store.remove_worker("w1")
     assert store.heartbeat_worker("w2", 5, {"cameras": 1}) == {"w2": 1}
+
+
+def test_releases_forgotten_for_a_lost_camera_are_counted_as_discarded(store: SyncStore) -> None:
+    from service.publisher import PendingRelease, ReleasePublisher
+
+    pub = ReleasePublisher(store, buffer_s=60.0, buffer_max=100, worker_id="w", lease_ttl_s=5.0)  # not started
+    for cid in ("lost", "lost", "kept", "lost"):
+        pub.submit(PendingRelease(camera_id=cid, data=b"", summary={}, ledger_state=None, retention_releases=10,
+                                  retention_s=None, ledger_ttl_s=60.0, captured_s=0.0))
+    pub.discard_camera("lost")
+    assert (pub.submitted, pub.discarded, pub.buffered) == (4, 3, 1)  # nothing vanishes uncounted

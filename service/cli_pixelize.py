@@ -103,15 +103,15 @@ def _fail(message: str) -> typer.Exit:
 MAX_IMAGE_PIXELS = 1 << 30  # dp takes sides up to 32768; above this, refuse rather than run out of memory
 
 
-def _to_8bit(im) -> np.ndarray:
-    """The picture as uint8 grey or RGB: 16-bit and 32-bit grey scaled down (Pillow's convert clips them at
-    255, which turned a 16-bit ramp white), the rest converted by Pillow."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        wide = np.asarray(im).astype(np.int64)
-        return np.clip(wide >> 8, 0, 255).astype(np.uint8)  # 16 significant bits (mode I holds 16-bit PNGs)
-    if im.mode == "F":
-        return np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8)
-    return np.asarray(im.convert("RGB" if im.mode not in ("L", "1") else "L"))
+def _to_8bit(im, channels: int) -> np.ndarray:
+    """The picture as HxWxC uint8 (C = channels). 16-bit and 32-bit grey are scaled down (Pillow's convert
+    clips them at 255, which turned a 16-bit ramp white); everything else is converted by Pillow."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        wide = np.asarray(im)  # mode I holds 16-bit PNGs: 16 significant bits
+        grey = np.clip(np.rint(wide) if im.mode == "F" else wide.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], channels, axis=2)
+    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _load_image(path: str, channels: int) -> np.ndarray:
@@ -128,22 +128,14 @@ def _load_image(path: str, channels: int) -> np.ndarray:
                 with Image.open(path) as im:
                     if getattr(im, "n_frames", 1) > 1:
                         raise _fail(f"{path!r} is animated ({im.n_frames} frames); convert it to an .mp4 video")
-                    arr = _to_8bit(ImageOps.exif_transpose(im))  # as a viewer shows it (EXIF orientation)
+                    # as a viewer shows it (EXIF orientation)
+                    return np.ascontiguousarray(_to_8bit(ImageOps.exif_transpose(im), channels))
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except Image.DecompressionBombError:
         raise _fail(f"image {path!r} has more than {MAX_IMAGE_PIXELS:,} pixels") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise _fail(f"cannot read image {path!r}: {exc}") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if channels == 1 and arr.shape[2] == 3:
-        from PIL import Image as _Image
-
-        arr = np.asarray(_Image.fromarray(arr).convert("L"))[:, :, None]
-    elif channels == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr)
 
 
 def save_image(path: str, frame: np.ndarray) -> None:

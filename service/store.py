@@ -81,6 +81,11 @@ SUMMARY_FIELDS = ("camera_id", "frame_index", "timestamp_s", "height", "width", 
                   "eps_spent")
 
 
+def _oldest_kept_id(retention_s: float) -> str:
+    """The stream entry id below which releases are older than retention_s (ids start with their ms time)."""
+    return f"{max(0, now_ms() - int(retention_s * 1000))}-0"
+
+
 def _store_error(err: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"Redis store unavailable: {redact_text(str(err)) or type(err).__name__}")
 
@@ -244,7 +249,7 @@ class SyncStore:
         fields: list[Any] = ["r", data]
         for k in SUMMARY_FIELDS:
             fields += [k, str(summary[k])]
-        min_id = f"{max(0, now_ms() - int(retention_s * 1000))}-0" if retention_s is not None else ""
+        min_id = _oldest_kept_id(retention_s) if retention_s is not None else ""
         k = self.keys
         with translate_errors():
             res = self._append(
@@ -258,7 +263,7 @@ class SyncStore:
     def trim_old_releases(self, camera_id: str, retention_s: float) -> None:
         """Drop releases older than retention_s (an idle camera's: appends trim the others)."""
         with translate_errors():
-            self.redis.xtrim(self.keys.releases(camera_id), minid=f"{max(0, now_ms() - int(retention_s * 1000))}-0")
+            self.redis.xtrim(self.keys.releases(camera_id), minid=_oldest_kept_id(retention_s))
 
     def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
         with translate_errors():

@@ -30,6 +30,7 @@ def _known_error(exc: BaseException) -> tuple[int, str] | None:
         return 2, str(exc)
     if isinstance(exc, DpstreamError):
         return 1, str(exc)
+    # pydantic's ValidationError by name: importing pydantic here would slow every command's start
     if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
         from service.settings import env_name
 

@@ -139,9 +139,11 @@ class Settings(BaseSettings):
     def _redis_url(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        from dp.errors import ConfigError
+
         try:
             return check_redis_url(v)
-        except Exception as exc:  # a ConfigError: pydantic reports ValueErrors as validation errors
+        except ConfigError as exc:  # pydantic reports a ValueError as a validation error of this field
             raise ValueError(str(exc)) from None
 
     @property

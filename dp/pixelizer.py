@@ -10,6 +10,7 @@ private output), whose layout statistics choose the next frame's layout.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -337,7 +338,7 @@ def _checked_header(camera_id, frame_index, timestamp_s):
                                     or not 0 <= int(frame_index) < 1 << 64):
         raise ConfigError(f"frame_index={frame_index!r} must be an integer from 0 to 2^64 - 1")
     number = isinstance(timestamp_s, int | float | np.integer | np.floating) and not isinstance(timestamp_s, bool)
-    if timestamp_s is not None and not (number and np.isfinite(timestamp_s)):
+    if timestamp_s is not None and not (number and math.isfinite(timestamp_s)):
         raise ConfigError(f"timestamp_s={timestamp_s!r} must be a finite number of seconds")
     return camera_id, frame_index, timestamp_s
 

@@ -38,6 +38,33 @@ def test_no_sequence_of_releases_overspends_any_window(eps_window, window_s, ste
         assert total <= exact_epsilon(eps_window)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    eps_window=st.sampled_from([0.3, 1.0, 2.5, 4.0]),
+    window_s=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    steps=st.lists(st.tuples(st.floats(0, 4, allow_nan=False), eps_values, st.booleans()), max_size=60),
+)
+def test_refunds_of_unreleased_frames_never_let_the_releases_overspend(eps_window, window_s, steps):
+    """A frame refused after its spend is refunded (the worker's path): the spends that stay, the releases,
+    still fit every window, and each refusal gives exactly its own spend back."""
+    ledger = Ledger(eps_window=eps_window, window_s=window_s)
+    t = 0.0
+    released: list[tuple[float, Fraction]] = []
+    for dt, eps, refused in steps:
+        t += dt
+        if not ledger.try_spend(t, eps):
+            continue
+        if refused:
+            assert ledger.refund(ledger.last_spend_s, eps)
+        else:
+            released.append((t, exact_epsilon(eps)))
+        assert ledger.spent(t) == pytest.approx(float(sum((c for s, c in released if s >= t - window_s),
+                                                          Fraction(0))))
+    for start, _ in released:
+        total = sum((c for s, c in released if start <= s <= start + window_s), Fraction(0))
+        assert total <= exact_epsilon(eps_window)
+
+
 def test_decimal_budgets_hold_exactly_their_share():
     ledger = Ledger(eps_window=0.3, window_s=10.0)
     assert [ledger.try_spend(i * 0.01, 0.1) for i in range(4)] == [True, True, True, False]

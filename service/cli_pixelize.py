@@ -244,7 +244,8 @@ def register(app: typer.Typer) -> None:
             frame = _load_image(input, spec.channels)
             rel = px.release(frame, camera_id=_camera_id(input), frame_index=0)
             if stats:
-                _write_stats(stats, [rel])
+                with _stats_writer(stats) as sw:
+                    sw.write(rel)
             save_image(output, rel.reconstruct())
             console.print(_guarantee(spec, 1, ledger))
             return
@@ -348,15 +349,6 @@ def _stats_writer(path: str):
         return StatsWriter(path)
     except OSError as exc:
         raise _fail(f"cannot write --stats {path!r}: {exc.strerror or exc}") from None
-
-
-def _write_stats(path: str, releases) -> None:
-    writer = _stats_writer(path)
-    try:
-        for rel in releases:
-            writer.write(rel)
-    finally:
-        writer.close()
 
 
 def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledger, quality, tls_ca_file=None):

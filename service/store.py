@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -99,6 +99,11 @@ def translate_errors() -> Iterator[None]:
         raise _store_error(err) from None
     except OSError as err:  # socket errors that escape redis-py's own classes
         raise _store_error(err) from None
+
+
+class Heartbeat(NamedTuple):
+    loads: dict[str, int]  # live worker id -> cameras it holds
+    was_alive: bool  # this worker's liveness had not expired
 
 
 def now_ms() -> int:
@@ -207,16 +212,19 @@ class SyncStore:
             v = self.redis.get(self.keys.lease(camera_id))
         return _text(v) if v else None
 
-    def heartbeat_worker(self, worker_id: str, ttl_s: float, info: dict[str, Any]) -> dict[str, int]:
-        """Mark this worker alive for `ttl_s`; returns the live workers and how many cameras each holds."""
+    def heartbeat_worker(self, worker_id: str, ttl_s: float, info: dict[str, Any]) -> Heartbeat:
+        """Mark this worker alive for `ttl_s`; returns the live workers, how many cameras each holds, and
+        whether this worker was still marked alive (False on its first heartbeat, and after its liveness
+        expired: Redis was down or lost its data, or the worker stalled)."""
         t = now_ms()
         with translate_errors():
             pipe = self.redis.pipeline()
-            pipe.set(self.keys.worker(worker_id), json.dumps(info), px=int(ttl_s * 1000))
+            pipe.set(self.keys.worker(worker_id), json.dumps(info), px=int(ttl_s * 1000), get=True)
             pipe.zadd(self.keys.workers, {worker_id: t + int(ttl_s * 1000)})
             pipe.zremrangebyscore(self.keys.workers, "-inf", t)
             pipe.zrange(self.keys.workers, 0, -1)
-            ids = [_text(w) for w in pipe.execute()[-1]]
+            replies = pipe.execute()
+            ids = [_text(w) for w in replies[-1]]
             raws = self.redis.mget([self.keys.worker(w) for w in ids]) if ids else []
         loads: dict[str, int] = {}
         for wid, raw in zip(ids, raws, strict=True):
@@ -225,7 +233,7 @@ class SyncStore:
                     loads[wid] = int(json.loads(raw).get("cameras", 0))
                 except (ValueError, TypeError):
                     loads[wid] = 0
-        return loads
+        return Heartbeat(loads, was_alive=replies[0] is not None)
 
     def remove_worker(self, worker_id: str) -> None:
         with translate_errors():

@@ -8,6 +8,8 @@ are also reconciled every heartbeat (pub/sub messages are lost while Redis resta
 
 While Redis is unreachable the cameras keep running: releases queue in the publisher, leases cannot be
 renewed, and when Redis comes back a lease that expired meanwhile is taken again if nobody else holds it.
+A worker whose liveness expired meanwhile claims no other camera for one lease TTL, so that peers still
+reconnecting get theirs back instead of seeing them move.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class WorkerProcess:
         self._owned_ids: set[str] = set()
         self._renew_thread: threading.Thread | None = None
         self._next_wait_s = settings.heartbeat_interval_s
+        self._joined = False  # a heartbeat has marked this worker alive
+        self._rejoin_until = 0.0  # monotonic time until which we claim no camera we do not hold
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,9 +190,18 @@ class WorkerProcess:
         ttl = self.settings.lease_ttl_s
         with self._ids_lock:
             owned = sorted(self._owned_ids)
-        loads = self.store.heartbeat_worker(
+        loads, was_alive = self.store.heartbeat_worker(
             self.worker_id, ttl, {"worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
                                   "cameras": len(owned), "time_s": time.time()})
+        if not was_alive and self._joined:
+            # Our liveness expired (Redis was down or lost its data, or we stalled): so did our peers', most
+            # likely, and they are reconnecting too. Seeing ourselves alone, we would take their cameras
+            # before their next renewal, and each would stop and start again. Claim none for one lease TTL
+            # (peers renew every heartbeat, a third of it); our own leases are taken back below.
+            self._rejoin_until = time.monotonic() + ttl
+            log.warning("liveness had expired, rejoining worker_id=%s: claiming no other camera for %gs",
+                        self.worker_id, ttl)
+        self._joined = True
         self._live_workers = max(1, len(loads))
         self._least_loaded_peer = min((n for w, n in loads.items() if w != self.worker_id), default=None)
         for cid in owned:
@@ -253,13 +266,14 @@ class WorkerProcess:
         # a heartbeat more, so that the peer it was meant for sees it on one of its own heartbeats (else
         # we could take it back before the peer ever looks, again and again).
         now = time.monotonic()
+        rejoining_s = self._rejoin_until - now
         since = {cid: self._unleased_since.get(cid, now) for cid in unleased}
         if handed_back in since:
             since[handed_back] = now + beat
         self._unleased_since = since
         overdue = {cid for cid, t in since.items() if now - t >= beat}
         for cid in others:
-            if self._stop.is_set() or len(self._owned) >= self.settings.max_cameras_per_worker:
+            if self._stop.is_set() or len(self._owned) >= self.settings.max_cameras_per_worker or rejoining_s > 0:
                 break
             if cid not in unleased or (len(self._owned) >= target and cid not in overdue):
                 continue
@@ -269,6 +283,8 @@ class WorkerProcess:
             self._start_camera(cam)
         # wake up when the first foreign lease runs out, so a dead worker's camera moves within its TTL
         live = [p / 1000.0 for p in pttls if p >= 0]
+        if rejoining_s > 0 and unleased:
+            live.append(rejoining_s)
         self._next_wait_s = min([self.settings.heartbeat_interval_s, *(t + 0.05 for t in live)])
 
     def _start_camera(self, cam: Camera) -> None:

@@ -206,3 +206,64 @@ def test_the_private_restream_shows_only_releases_redis_has_counted(tmp_path: Pa
         rtsp.stop()
         store.close()
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["comes back", "never comes back"])
+def test_after_a_redis_restart_each_worker_keeps_its_own_cameras(tmp_path: Path, dp_warm, peer: str) -> None:
+    """Redis comes back empty of leases and liveness (they expired while it was down). The worker that
+    reconnects first sees itself as the only live worker; it must not take the cameras of a peer that
+    reconnects a moment later (each would stop and start again, a gap of seconds in its releases). A peer
+    that died meanwhile still loses its cameras, one lease TTL later."""
+    from service.models import Camera
+
+    port = free_port()
+    server = start_valkey(tmp_path / "valkey", port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = SyncStore(url)
+    for cid in ("a", "b"):
+        store.put_camera(Camera(id=cid, source="test:ball?width=160&height=120&fps=10", release_fps=5.0,
+                                eps_window=1000.0, window_s=10.0))
+    logs = {wid: tmp_path / f"{wid}.log" for wid in ("w1", "w2")}
+    workers = {wid: spawn_worker(url, wid, logs[wid]) for wid in ("w1", "w2")}
+    try:
+        owners = wait_for(lambda: (o := {c: store.lease_owner(c) for c in ("a", "b")})
+                          and set(o.values()) == {"w1", "w2"} and o,
+                          timeout_s=180, interval_s=0.2, what="one camera per worker")  # incl. a cold JIT
+        fast_cam, slow_cam = "a", "b"
+        fast, slow = owners[fast_cam], owners[slow_cam]
+        claims = lambda: {wid: log.read_text().count("camera claimed") for wid, log in logs.items()}  # noqa: E731
+        claimed_before = claims()
+        server.stop()
+        time.sleep(LEASE_TTL_S + 1.0)  # Redis stays down until every lease and liveness key has expired
+        workers[slow].send_signal(signal.SIGSTOP)  # the slow worker reconnects late
+        try:
+            server = start_valkey(tmp_path / "valkey", port=port)
+            assert store.lease_owner(slow_cam) is None  # expired while Redis was down
+            wait_for(lambda: store.lease_owner(fast_cam) == fast, timeout_s=15, interval_s=0.05,
+                     what="the fast worker back")
+            back_at = time.monotonic()
+            # while the slow worker is still away (half a lease TTL), its camera is not taken
+            while time.monotonic() < back_at + LEASE_TTL_S / 2:
+                assert store.lease_owner(slow_cam) in (None, slow)
+                time.sleep(0.05)
+            if peer == "never comes back":
+                workers[slow].kill()
+                workers[slow].wait(timeout=10)
+        finally:
+            workers[slow].send_signal(signal.SIGCONT)
+        if peer == "comes back":
+            wait_for(lambda: store.lease_owner(slow_cam) == slow, timeout_s=15, interval_s=0.05,
+                     what="the slow worker holding its camera again")
+            assert {c: store.lease_owner(c) for c in ("a", "b")} == owners
+            assert claims() == claimed_before  # no camera was started again anywhere
+        else:
+            wait_for(lambda: store.lease_owner(slow_cam) == fast, timeout_s=LEASE_TTL_S + 5, interval_s=0.05,
+                     what="the dead peer's camera taken over")
+            assert time.monotonic() - back_at <= LEASE_TTL_S + 2.0  # the rejoin wait, then the next tick
+            wait_for(lambda: claims()[fast] == claimed_before[fast] + 1, timeout_s=10, what="its log line")
+    finally:
+        for proc in workers.values():
+            reap(proc)
+        store.close()
+        server.stop()

@@ -55,10 +55,13 @@ def test_releases_of_a_deleted_camera_are_not_stored(store: SyncStore) -> None:
 
 
 def test_heartbeat_lists_live_workers_and_their_load(store: SyncStore) -> None:
-    store.heartbeat_worker("w1", 5, {"cameras": 2})
-    assert store.heartbeat_worker("w2", 5, {"cameras": 0}) == {"w1": 2, "w2": 0}
+    assert store.heartbeat_worker("w1", 5, {"cameras": 2}) == ({"w1": 2}, False)  # its first heartbeat
+    assert store.heartbeat_worker("w2", 5, {"cameras": 0}) == ({"w1": 2, "w2": 0}, False)
+    assert store.heartbeat_worker("w2", 5, {"cameras": 0}).was_alive
     store.remove_worker("w1")
-    assert store.heartbeat_worker("w2", 5, {"cameras": 1}) == {"w2": 1}
+    assert store.heartbeat_worker("w2", 5, {"cameras": 1}) == ({"w2": 1}, True)
+    store.redis.delete(store.keys.worker("w2"))  # as after its liveness expired
+    assert not store.heartbeat_worker("w2", 5, {"cameras": 1}).was_alive
 
 
 def test_releases_forgotten_for_a_lost_camera_are_counted_as_discarded(store: SyncStore) -> None:

@@ -6,6 +6,11 @@ functions at the edge.
 
 >>> redact_url("rtsp://admin:hunter2@10.0.0.5:554/live?token=abc&x=1")
 'rtsp://***@10.0.0.5:554/live?token=***&x=1'
+
+Some cameras take their credentials in the path instead (XMeye/Sofia DVRs, some NVRs):
+
+>>> redact_url("rtsp://10.0.0.5:554/user=admin&password=hunter2&channel=1&stream=0.sdp")
+'rtsp://10.0.0.5:554/user=***&password=***&channel=1&stream=0.sdp'
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ _SECRET_QUERY_KEYS = frozenset(
         "secret",
         "signature",
         "sig",
+        "pw",
+        "apikey",
+        "api_key",
+        "auth_token",
+        "access_key",
+        "user",
+        "username",
+        "usr",
+        "login",
     }
 )
 
@@ -34,8 +48,19 @@ _SECRET_QUERY_KEYS = frozenset(
 # '/', '?', '#' or '@' (instead of %2F, %3F, %23, %40) would end the userinfo early under RFC 3986 and survive
 # a strict parse; masking up to the last '@' may hide part of a path that contains one, never a password.
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>\S*)@")
+# key=value with a secret key, after any separator a camera URL uses: the query's '?' and '&', ';' params, and
+# the '/' and '_' of credentials in the path ('/user=admin_password=x_channel=1'). A value runs to the next
+# '&', ';', '#' or whitespace: in the '_' form that hides the rest of the path too, never less than the secret.
 _QUERY_SECRET_RE = re.compile(
-    r"(?P<key>(?:[?&;])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS)) + r"))=(?P<value>[^&\s#;]*)",
+    r"(?P<key>(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r"))"
+    r"=(?P<value>[^&\s#;]*)",
+    re.IGNORECASE,
+)
+# The same, for url_secrets: each secret value alone ('_' form: up to the next '_key='), to find it quoted
+# outside the URL.
+_SECRET_VALUE_RE = re.compile(
+    r"(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r")"
+    r"=(?P<value>.*?)(?=_[A-Za-z][A-Za-z0-9]*=|[&\s#;?]|$)",
     re.IGNORECASE,
 )
 REDACTED = "***"
@@ -63,7 +88,8 @@ def redact_url(url: str) -> str:
             query = urlencode(
                 [(k, REDACTED if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
             )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    path = _QUERY_SECRET_RE.sub(lambda m: m.group("key") + "=" + REDACTED, parts.path)
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
 def redact_text(text: str, *secrets: str) -> str:
@@ -83,11 +109,18 @@ def redact_text(text: str, *secrets: str) -> str:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The user name and password of ``url`` (percent-decoded and raw), for :func:`redact_text`."""
+    """The user name and password of ``url`` (percent-decoded and raw), and the values of its secret-looking
+    parameters (query or path), for :func:`redact_text`."""
     _scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return ()
-    userinfo = rest.rsplit("@", 1)[0]  # as redact_url reads it: up to the last '@'
-    raw_user, _, raw_pw = userinfo.partition(":")
-    found = [raw_user, raw_pw, unquote(raw_user), unquote(raw_pw)]
-    return tuple(s for s in dict.fromkeys(found) if s)
+    found: list[str] = []
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)  # as redact_url reads it: up to the last '@'
+        raw_user, _, raw_pw = userinfo.partition(":")
+        found += [raw_user, raw_pw]
+    found += [m.group("value") for m in _QUERY_SECRET_RE.finditer(rest)]
+    found += [m.group("value") for m in _SECRET_VALUE_RE.finditer(rest)]
+    found += [unquote(s) for s in found]
+    # longest first: redact_text replaces in this order, and a shorter one may be part of a longer one
+    return tuple(sorted((s for s in dict.fromkeys(found) if s), key=len, reverse=True))

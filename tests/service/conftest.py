@@ -121,13 +121,17 @@ def dp_warm() -> None:
 
     from dp import Pixelizer, PixelizeSpec
 
-    for channels in (1, 3):
-        frame = np.zeros((64, 64, channels), np.uint8)
+    planar = np.zeros((96, 64), np.uint8)  # a 64x64 I420 frame, as RGB and YUV cameras get them
+    cases = [  # (spec's colour, channels, frame, i420=): every frame kind a worker's camera releases
+        ("rgb", 1, np.zeros((64, 64, 1), np.uint8), None), ("rgb", 3, np.zeros((64, 64, 3), np.uint8), None),
+        ("rgb", 3, planar, "bt709"), ("yuv420", 3, planar, None),
+    ]
+    for color, channels, frame, i420 in cases:
         frame.flags.writeable = False  # decoded frames are read-only arrays: numba compiles that signature
         for layout in ("fixed", "previous"):  # previous: the camera default, adaptive from its 2nd release
-            px = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=channels, layout=layout), backend="auto")
+            px = Pixelizer(PixelizeSpec(eps_pix=1.0, channels=channels, layout=layout, color=color), backend="auto")
             for i in range(2):
-                px.release(frame, camera_id="warm", frame_index=i, timestamp_s=0.0)
+                px.release(frame, camera_id="warm", frame_index=i, timestamp_s=0.0, i420=i420)
 
 
 @pytest.fixture

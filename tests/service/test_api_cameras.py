@@ -81,16 +81,21 @@ def test_delete_removes_camera(admin: httpx.Client) -> None:
     assert admin.delete("/api/v1/cameras/lobby").status_code == 404
 
 
-def test_source_credentials_are_never_returned(admin: httpx.Client, redis_url: str) -> None:
-    r = admin.post("/api/v1/cameras", json={"id": "door", "source": "rtsp://user:hunter2@10.0.0.5/live"})
+@pytest.mark.parametrize("source", [
+    "rtsp://user:hunter2@10.0.0.5/live",
+    "rtsp://10.0.0.5:554/user=admin&password=hunter2&channel=1&stream=0.sdp",  # XMeye/Sofia DVRs
+    "rtsp://10.0.0.5/live;password=hunter2",
+])
+def test_source_credentials_are_never_returned(admin: httpx.Client, redis_url: str, source: str) -> None:
+    r = admin.post("/api/v1/cameras", json={"id": "door", "source": source})
     assert r.status_code == 201
-    assert "hunter2" not in r.text and "user" not in r.json()["source"]
+    assert "hunter2" not in r.text and "user:" not in r.text and "admin" not in r.text  # password, user names
     assert "hunter2" not in admin.get("/api/v1/cameras").text
     # sending the redacted camera back (GET, edit, PATCH) keeps the real credentials
     cam = admin.get("/api/v1/cameras/door").json()
     body = {k: v for k, v in cam.items() if k not in ("id", "version")} | {"eps_pix": 0.5}
     assert admin.patch("/api/v1/cameras/door", json=body).status_code == 200
-    assert SyncStore(redis_url).get_camera("door").source == "rtsp://user:hunter2@10.0.0.5/live"
+    assert SyncStore(redis_url).get_camera("door").source == source
 
 
 def test_eps_window_equal_to_the_frame_cost_in_decimals_is_accepted(admin: httpx.Client) -> None:

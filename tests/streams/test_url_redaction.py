@@ -79,3 +79,29 @@ def test_an_rtsp_url_with_an_at_sign_after_the_host_is_refused_without_its_secre
 def test_a_password_with_a_raw_at_sign_is_redacted_whole():
     assert redact_text("open rtsp://admin:p@ss@10.0.0.5/live failed") == "open rtsp://***@10.0.0.5/live failed"
     assert parse_source("rtsp://admin:p@ss@10.0.0.5/live").display == "rtsp://***@10.0.0.5/live"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [  # credentials in the path, as XMeye/Sofia DVRs and some NVRs take them
+        ("rtsp://10.0.0.5:554/user=admin&password=S3cretPw&channel=1&stream=0.sdp",
+         "rtsp://10.0.0.5:554/user=***&password=***&channel=1&stream=0.sdp"),
+        ("rtsp://10.0.0.5:554/user=admin_password=S3cretPw_channel=1_stream=0.sdp?real_stream",
+         "rtsp://10.0.0.5:554/user=***?real_stream"),
+        ("rtsp://10.0.0.5/live;password=S3cretPw", "rtsp://10.0.0.5/live;password=***"),
+        ("rtsp://10.0.0.5/live;PWD=S3cretPw;ch=2", "rtsp://10.0.0.5/live;PWD=***;ch=2"),
+        ("rtsp://10.0.0.5/live?apikey=S3cretPw&pw=S3cretPw&usr=admin&ch=1",
+         "rtsp://10.0.0.5/live?apikey=***&pw=***&usr=***&ch=1"),
+    ],
+)
+def test_credentials_in_a_path_or_params_are_redacted(url, shown):
+    assert redact_url(url) == shown
+    text = redact_text(f"could not open {url}: refused")
+    assert "S3cretPw" not in text and "admin" not in text
+    assert "S3cretPw" in url_secrets(url)
+    assert "S3cretPw" not in redact_text("the server said: wrong password S3cretPw", *url_secrets(url))
+
+
+def test_a_path_credential_never_reaches_the_source_display():
+    spec = parse_source("rtsp://10.0.0.5:554/user=admin&password=S3cretPw&channel=1&stream=0.sdp")
+    assert "S3cretPw" not in spec.display and "admin" not in spec.display

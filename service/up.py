@@ -2,13 +2,14 @@
 
 An embedded Valkey (append-only, under DPSTREAM_DATA), a local RTSP server publishing a demo camera (a
 test pattern encoded as H.264), one worker ingesting it over RTSP like any camera and re-streaming the
-releases at `/<camera>/private`, and the API. Ctrl-C stops everything in reverse order.
+releases at `/<camera>/private`, and the API. Ctrl-C or SIGTERM stops everything in reverse order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 
 import typer
@@ -55,6 +56,8 @@ def _check_port_free(host: str, port: int) -> None:
     if port == 0:
         return
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as uvicorn binds: connections of a previous run in TIME_WAIT do not hold the port, a listener does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -62,8 +65,26 @@ def _check_port_free(host: str, port: int) -> None:
                               "choose another --port (or DPSTREAM_PORT)") from None
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_up(settings: Settings, *, demo: bool = True) -> int:
+    """SIGTERM (docker stop, systemd) stops it as Ctrl-C does: the worker hands its leases back and saves its
+    ledgers, then the RTSP server and the store stop. (uvicorn re-raises the signal that stopped it once it has
+    shut down; under the default SIGTERM handler that killed the process before any of that.)"""
     _check_port_free(settings.host, settings.port)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_up(settings, demo=demo)
+    except KeyboardInterrupt:  # before the API started: what has started was stopped on the way out
+        typer.echo("stopped")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_up(settings: Settings, *, demo: bool) -> int:
     with contextlib.ExitStack() as stack:
         redis_line = redact_url(settings.redis_url or "")
         if not settings.redis_url:
@@ -102,7 +123,7 @@ def run_up(settings: Settings, *, demo: bool = True) -> int:
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                                log_level="warning", access_log=False))
-        with contextlib.suppress(KeyboardInterrupt):  # newer uvicorn re-raises Ctrl-C after shutting down
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C (and SIGTERM) after shutting down
             server.run()
         typer.echo("stopping: worker, RTSP server, store...")
     return 0

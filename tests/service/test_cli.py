@@ -75,6 +75,21 @@ def test_up_on_a_taken_port_says_so_before_printing_a_token(tmp_path: Path) -> N
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "token" not in result.stdout
 
 
+def test_connections_of_a_previous_run_in_time_wait_do_not_hold_the_apis_port() -> None:
+    from service.up import _check_port_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = listener.accept()
+            conn.close()  # the server closes first: its side of the connection waits in TIME_WAIT
+            client.recv(1)
+    _check_port_free("127.0.0.1", port)  # the previous run has stopped: the port is free again
+
+
 def test_up_without_its_redis_is_a_one_line_error(tmp_path: Path) -> None:
     result = dpstream("up", "--port", str(free_port()), "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
                       env={"DPSTREAM_DATA": str(tmp_path)})
@@ -89,7 +104,8 @@ def port_open(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_up_runs_the_whole_path_and_stops_cleanly(tmp_path: Path, stop: str) -> None:
     api_port, valkey_port, rtsp_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DPSTREAM_ADMIN_TOKEN")}
     env.update(DPSTREAM_DATA=str(tmp_path / "var"), DPSTREAM_EMBEDDED_REDIS_PORT=str(valkey_port),
@@ -129,7 +145,10 @@ def test_up_runs_the_whole_path_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             frames = list(iter_frames(status["private_rtsp"], max_frames=2, first_frame_timeout_s=20))
             assert [f.array.shape for f in frames] == [(240, 320, 3)] * 2
 
-            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            if stop == "ctrl-c":
+                os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            else:
+                proc.send_signal(signal.SIGTERM)  # docker stop, systemd: the process alone
             assert proc.wait(timeout=30) == 0
         finally:
             if proc.poll() is None:

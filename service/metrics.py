@@ -33,6 +33,17 @@ RELEASES_BUFFERED = Gauge("dpstream_releases_buffered", "Releases held in memory
 LEASES_HELD = Gauge("dpstream_worker_leases_held", "Cameras this worker holds.")
 REDIS_ERRORS = Counter("dpstream_redis_errors_total", "Failed Redis operations.", ["component"])
 
+WORKER_CAMERA_SERIES = (FRAMES_INGESTED, FRAMES_RELEASED, FRAMES_DROPPED, RELEASE_LATENCY, RECONNECTS)
+
+
+def forget_camera(camera_id: str) -> None:
+    """Drop a camera's worker-side series once this worker no longer runs it (deleted, handed over, lease
+    lost): camera ids come and go, and series nobody removes would grow without bound. The worker that runs
+    it next exports its own, from zero, which Prometheus reads as a counter reset."""
+    for metric in WORKER_CAMERA_SERIES:
+        metric.remove_by_labels({"camera": camera_id})
+
+
 # --- api side --------------------------------------------------------------------------------------
 API_REQUEST_DURATION = Histogram(
     "dpstream_api_request_duration_seconds",

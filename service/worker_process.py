@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dp.errors import ConfigError, StoreUnavailable
-from service.metrics import LEASES_HELD, REDIS_ERRORS
+from service.metrics import LEASES_HELD, REDIS_ERRORS, forget_camera
 from service.models import Camera
 from service.publisher import ReleasePublisher
 from service.redaction import redact_text
@@ -336,10 +336,12 @@ class WorkerProcess:
                 log.exception("camera stop failed camera_id=%s", cid)
         if not release_lease:
             self.publisher.discard_camera(cid)  # another worker holds it: these would be refused anyway
+            forget_camera(cid)
             return
         wait_s = min(5.0, self.settings.lease_ttl_s / 2) if self.publisher.store_ok else 0.0
         if not self.publisher.flush_camera(cid, timeout_s=wait_s):
             self.publisher.discard_camera(cid)
+        forget_camera(cid)
         if owned is not None:
             owned.runner.save_state()
         with contextlib.suppress(StoreUnavailable):  # else it expires by itself

@@ -175,6 +175,17 @@ def test_metrics_show_counters_budget_and_health(admin: httpx.Client, worker, an
         assert name in text, name
 
 
+def test_a_deleted_cameras_series_leave_the_metrics(admin: httpx.Client, worker, anon: httpx.Client) -> None:
+    make_camera(admin, "short-lived")
+    wait_for(lambda: len(releases_of(admin, "short-lived")) >= 2, timeout_s=20, what="releases")
+    wait_for(lambda: 'dpstream_frames_ingested_total{camera="short-lived"}' in anon.get("/metrics").text,
+             timeout_s=10, what="its counters")  # the runner adds its counts at its status refresh
+    assert admin.delete("/api/v1/cameras/short-lived").status_code == 204
+    wait_for(lambda: worker.camera_ids == [], timeout_s=10, what="the worker dropping it")
+    text = anon.get("/metrics").text
+    assert 'camera="short-lived"' not in text, [line for line in text.splitlines() if "short-lived" in line]
+
+
 @pytest.mark.parametrize("layout", ["fixed", "previous"])
 def test_layout_modes_run_in_the_worker(admin: httpx.Client, worker, layout: str) -> None:
     make_camera(admin, "ball", layout=layout)

@@ -27,6 +27,28 @@ def test_compose_file_runs_valkey_api_workers_and_prometheus() -> None:
             assert (REPO / source).is_file(), source
 
 
+def test_only_the_api_gets_the_admin_token() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert "DPSTREAM_ADMIN_TOKEN" in services["api"]["environment"]
+    assert "DPSTREAM_ADMIN_TOKEN" not in services["worker"]["environment"]
+
+
+def test_alerts_and_dashboards_use_metrics_the_code_exports() -> None:
+    import prometheus_client
+
+    import service.metrics  # noqa: F401 - registers every dpstream metric
+
+    exported = set()
+    for family in prometheus_client.REGISTRY.collect():
+        exported |= {family.name, *(sample.name for sample in family.samples)}
+    for kind in ("_bucket", "_count", "_sum", "_total"):  # series names Prometheus derives
+        exported |= {name + kind for name in exported}
+    files = [REPO / "deploy/alerts.yml", *sorted((REPO / "deploy/grafana").rglob("*.json"))]
+    used = {(f.name, name) for f in files for name in re.findall(r"\bdpstream_[a-z_]+", f.read_text())}
+    assert used and not {u for u in used if u[1] not in exported}, sorted(u for u in used if u[1] not in exported)
+    assert "up{" in (REPO / "deploy/alerts.yml").read_text()  # a target that cannot be scraped fires too
+
+
 def test_compose_commands_are_real_cli_options() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     runner = CliRunner()

@@ -1,11 +1,15 @@
-"""`dpstream up`, `dpstream serve`, `dpstream worker` and `dpstream token create`.
+"""`dpstream up`, `dpstream serve`, `dpstream worker` and `dpstream token create|list|revoke`.
 
 Settings come from the environment (service.settings); the options here override them for one run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import signal
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -109,25 +113,67 @@ def register(app: typer.Typer) -> None:
     token = typer.Typer(help="API keys.", no_args_is_help=True)
     app.add_typer(token, name="token")
 
-    @token.command("create")
-    def token_create(
-        scope: Annotated[str, typer.Option(help="read (GET routes) or admin (everything).")] = "read",
-        name: Annotated[str, typer.Option(help="A note stored with the key (who it is for).")] = "",
-        redis_url: RedisUrl = None,
-    ) -> None:
-        """Create an API key and print it once; only its SHA-256 is stored."""
+    @contextlib.contextmanager
+    def key_store(redis_url: str | None):
         from dp.errors import StoreUnavailable
-        from service.auth import create_token
         from service.store import SyncStore
 
-        if scope not in ("read", "admin"):
-            raise typer.BadParameter("scope must be read or admin", param_hint="--scope")
         settings = _with_default_redis(_settings(redis_url=redis_url))
         store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
         try:
-            typer.echo(create_token(store, scope, name=name))  # type: ignore[arg-type]
+            yield store
         except StoreUnavailable as err:
             typer.echo(f"error: {err}. Is `dpstream up` running, or REDIS_URL set?", err=True)
             raise typer.Exit(1) from None
         finally:
             store.close()
+
+    @token.command("create")
+    def token_create(
+        scope: Annotated[str, typer.Option(help="read (GET routes) or admin (everything).")] = "read",
+        name: Annotated[str, typer.Option(help="A note stored with the key (who it is for).")] = "",
+        ttl: Annotated[float | None, typer.Option(
+            help="Seconds until the key stops working (default: until revoked).", min=1.0)] = None,
+        redis_url: RedisUrl = None,
+    ) -> None:
+        """Create an API key and print it once; only its SHA-256 is stored."""
+        from service.auth import create_token
+
+        if scope not in ("read", "admin"):
+            raise typer.BadParameter("scope must be read or admin", param_hint="--scope")
+        if ttl is not None and not math.isfinite(ttl):
+            raise typer.BadParameter("must be a finite number of seconds", param_hint="--ttl")
+        with key_store(redis_url) as store:
+            typer.echo(create_token(store, scope, name=name, ttl_s=ttl))  # type: ignore[arg-type]
+
+    @token.command("list")
+    def token_list(
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON document instead of a table.")] = False,
+        redis_url: RedisUrl = None,
+    ) -> None:
+        """List the API keys: id, scope, name, created, expires. The keys themselves are never stored."""
+        from service.auth import list_tokens
+
+        with key_store(redis_url) as store:
+            rows = list_tokens(store)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        when = lambda t: "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))  # noqa: E731
+        typer.echo(f"{'id':<12}  {'scope':<5}  {'created':<23}  {'expires':<23}  name")
+        for r in rows:
+            typer.echo(f"{r['id']:<12}  {r['scope'] or '?':<5}  {when(r['created_s']):<23}  "
+                       f"{when(r['expires_s']):<23}  {r['name']}")
+
+    @token.command("revoke")
+    def token_revoke(
+        key: Annotated[str, typer.Argument(help="The key (dps_...) or its id from `dpstream token list`.",
+                                           show_default=False)],
+        redis_url: RedisUrl = None,
+    ) -> None:
+        """Revoke an API key: the API refuses it within 2 s."""
+        from service.auth import revoke_token
+
+        with key_store(redis_url) as store:
+            gone = revoke_token(store, key)
+        typer.echo(f"revoked {gone['id']} ({gone['scope']}{', ' + gone['name'] if gone['name'] else ''})")

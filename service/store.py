@@ -288,9 +288,22 @@ class SyncStore:
             self._set_status(keys=[self.keys.camera(camera_id), self.keys.status(camera_id)],
                              args=[json.dumps(status), int(ttl_s * 1000)])
 
-    def put_apikey(self, key_hash: str, doc: dict[str, Any]) -> None:
+    def put_apikey(self, key_hash: str, doc: dict[str, Any], *, ttl_s: float | None = None) -> None:
         with translate_errors():
-            self.redis.set(self.keys.apikey(key_hash), json.dumps(doc))
+            self.redis.set(self.keys.apikey(key_hash), json.dumps(doc),
+                           px=max(1, int(ttl_s * 1000)) if ttl_s is not None else None)
+
+    def apikeys(self) -> dict[str, dict[str, Any]]:
+        """Every stored API key: its SHA-256 -> its document (scope, name, created_s, expires_s)."""
+        marker = self.keys.apikey("")
+        with translate_errors():
+            names = [_text(k) for k in self.redis.scan_iter(match=marker + "*", count=1000)]
+            raws = self.redis.mget(names) if names else []
+        return {name[len(marker):]: json.loads(raw) for name, raw in zip(names, raws, strict=True) if raw}
+
+    def delete_apikey(self, key_hash: str) -> bool:
+        with translate_errors():
+            return bool(self.redis.delete(self.keys.apikey(key_hash)))
 
 
 class AsyncStore:

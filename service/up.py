@@ -17,7 +17,7 @@ import uvicorn
 
 from dp.errors import ConfigError, DpstreamError
 from service.api import create_app
-from service.auth import create_token
+from service.auth import replace_tokens_named
 from service.embedded import EmbeddedValkey
 from service.models import Camera, new_incarnation
 from service.redaction import redact_url
@@ -103,8 +103,8 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
             token_line = "admin token: the value of DPSTREAM_ADMIN_TOKEN"
             token = "$DPSTREAM_ADMIN_TOKEN"
         else:
-            token = create_token(store, "admin", name="dpstream up")
-            token_line = f"admin token (shown once, stored hashed): {token}"
+            token = replace_tokens_named(store, "admin", "dpstream up")
+            token_line = f"admin token (shown once, stored hashed; the previous run's no longer works): {token}"
         worker = WorkerProcess(settings, rtsp_server=rtsp)
         worker.start()
         stack.callback(worker.stop)
@@ -118,7 +118,7 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
             f"  try            curl -H 'Authorization: Bearer {token}' {api}/api/v1/cameras\n"
             + (f"  demo camera    {api}/api/v1/cameras/{DEMO_ID}/stream.mjpeg (needs the bearer token)\n"
                f"  private RTSP   {rtsp.url('/' + DEMO_ID + '/private')}\n" if demo else "")
-            + "  new tokens     dpstream token create --scope read\n"
+            + "  tokens         dpstream token create --scope read | token list | token revoke ID\n"
             "Ctrl-C stops.\n"
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,6 +32,50 @@ def test_token_create_prints_a_working_key_of_the_asked_scope(redis_url: str, an
     h = {"Authorization": f"Bearer {token}"}
     assert anon.get("/api/v1/cameras", headers=h).status_code == 200
     assert anon.post("/api/v1/cameras", headers=h, json={"source": "test:ball"}).status_code == 403
+
+
+def test_tokens_are_listed_without_the_keys_and_revoked_by_id_or_key(redis_url: str, anon: httpx.Client) -> None:
+    cli = lambda *a: CliRunner().invoke(app, ["token", *a, "--redis-url", redis_url])  # noqa: E731
+    first, second = (cli("create", "--name", n).output.strip() for n in ("dashboard", "night-shift"))
+    listed = json.loads(cli("list", "--json").output)
+    assert [(r["name"], r["scope"], r["expires_s"]) for r in listed] == [("dashboard", "read", None),
+                                                                        ("night-shift", "read", None)]
+    table = cli("list").output
+    assert "dashboard" in table and first not in table and second not in table
+    h1, h2 = ({"Authorization": f"Bearer {t}"} for t in (first, second))
+    assert anon.get("/api/v1/cameras", headers=h1).status_code == 200
+
+    result = cli("revoke", listed[0]["id"])
+    assert result.exit_code == 0 and "dashboard" in result.output
+    wait_for(lambda: anon.get("/api/v1/cameras", headers=h1).status_code == 401, timeout_s=5,
+             what="the revoked key refused")  # the API caches a key's scope for 2 s
+    assert anon.get("/api/v1/cameras", headers=h2).status_code == 200
+    assert cli("revoke", second).exit_code == 0  # by the key itself
+    assert json.loads(cli("list", "--json").output) == []
+    assert "no such key" in dpstream("token", "revoke", listed[0]["id"], "--redis-url", redis_url).stderr
+
+
+def test_a_token_with_a_ttl_stops_working(redis_url: str, anon: httpx.Client) -> None:
+    token = CliRunner().invoke(app, ["token", "create", "--ttl", "2", "--redis-url", redis_url]).output.strip()
+    h = {"Authorization": f"Bearer {token}"}
+    assert anon.get("/api/v1/cameras", headers=h).status_code == 200
+    wait_for(lambda: anon.get("/api/v1/cameras", headers=h).status_code == 401, timeout_s=6,
+             what="the expired key refused")
+    assert CliRunner().invoke(app, ["token", "create", "--ttl", "0", "--redis-url", redis_url]).exit_code != 0
+
+
+def test_each_dpstream_up_replaces_its_own_key(redis_url: str) -> None:
+    from service.auth import create_token, hash_token, replace_tokens_named
+    from service.store import SyncStore
+
+    store = SyncStore(redis_url)
+    try:
+        kept = create_token(store, "read", name="dashboard")
+        first = replace_tokens_named(store, "admin", "dpstream up")
+        second = replace_tokens_named(store, "admin", "dpstream up")
+        assert set(store.apikeys()) == {hash_token(kept), hash_token(second)} and first != second
+    finally:
+        store.close()
 
 
 def test_token_create_refuses_an_unknown_scope(redis_url: str) -> None:

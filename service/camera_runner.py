@@ -179,7 +179,7 @@ class StreamsCameraRunner:
             return {"state": state, "reason": self._failed_reason or "disabled by configuration"}
         self._count(worker)
         h, s = worker.health, worker.stats
-        extra: dict[str, Any] = {"private_rtsp": self._rtsp.url(f"/{self._camera.id}/private")} \
+        extra: dict[str, Any] = {"private_rtsp": self._rtsp.public_url(f"/{self._camera.id}/private")} \
             if self._private else {}
         if self._last_error is not None:
             extra["last_error"], extra["last_error_s"] = self._last_error

@@ -83,11 +83,12 @@ def register(app: typer.Typer) -> None:
             min=0, max=65535)] = None,
         rtsp_port: Annotated[int | None, typer.Option(
             help="Re-stream each camera's releases as H.264 at rtsp://HOST:PORT/<camera>/private "
-                 "(default: off).", min=1, max=65535)] = None,
+                 "(default: off; credentials: env DPSTREAM_RTSP_USER and DPSTREAM_RTSP_PASSWORD).",
+            min=1, max=65535)] = None,
     ) -> None:
         """A worker: claims cameras through Redis leases and runs them until SIGTERM/Ctrl-C."""
         from service.logsetup import setup_logging
-        from service.worker_process import WorkerProcess
+        from service.worker_process import WorkerProcess, start_rtsp_server
 
         settings = _with_default_redis(_settings(redis_url=redis_url, worker_id=worker_id,
                                                  worker_metrics_port=metrics_port))
@@ -96,11 +97,7 @@ def register(app: typer.Typer) -> None:
             from prometheus_client import start_http_server
 
             start_http_server(settings.worker_metrics_port, addr=settings.host)
-        rtsp = None
-        if rtsp_port:
-            from streams.rtsp_server import LocalRtspServer
-
-            rtsp = LocalRtspServer(port=rtsp_port, host=settings.host).start()
+        rtsp = start_rtsp_server(settings, rtsp_port) if rtsp_port else None
         proc = WorkerProcess(settings, rtsp_server=rtsp)
         signal.signal(signal.SIGTERM, lambda *_: proc.request_stop())
         signal.signal(signal.SIGINT, lambda *_: proc.request_stop())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.redaction import redact_url
@@ -127,6 +127,23 @@ class Settings(BaseSettings):
         description="Port of the local RTSP server of `dpstream up` (its demo camera and /private re-streams; a "
         "free port if taken). `dpstream worker` re-streams only with --rtsp-port.",
     )
+    rtsp_user: str | None = Field(
+        default=None, min_length=1,
+        validation_alias=AliasChoices("rtsp_user", "DPSTREAM_RTSP_USER"),
+        description="With DPSTREAM_RTSP_PASSWORD: RTSP clients of the /private re-streams (and of `dpstream "
+        "up`'s demo camera) must give these credentials. Unset: anyone who reaches the port may watch.",
+    )
+    rtsp_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("rtsp_password", "DPSTREAM_RTSP_PASSWORD"),
+        description="The password of DPSTREAM_RTSP_USER.",
+    )
+    rtsp_public_host: str | None = Field(
+        default=None, min_length=1,
+        validation_alias=AliasChoices("rtsp_public_host", "DPSTREAM_RTSP_PUBLIC_HOST"),
+        description="Host name the camera status gives in /private re-stream URLs (default: the address the "
+        "RTSP server listens on, or this machine's host name when that is 0.0.0.0 or ::).",
+    )
     latest_cache_s: float = Field(
         default=0.02, ge=0, le=5,
         validation_alias=AliasChoices("latest_cache_s", "DPSTREAM_LATEST_CACHE_S"),
@@ -145,6 +162,21 @@ class Settings(BaseSettings):
             return check_redis_url(v)
         except ConfigError as exc:  # pydantic reports a ValueError as a validation error of this field
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _rtsp_credentials_in_pairs(self) -> Settings:
+        if (self.rtsp_user is None) != (self.rtsp_password is None):
+            raise ValueError("set DPSTREAM_RTSP_USER and DPSTREAM_RTSP_PASSWORD together (or neither)")
+        if self.rtsp_password is not None and len(self.rtsp_password.get_secret_value()) < 8:
+            raise ValueError("DPSTREAM_RTSP_PASSWORD must have at least 8 characters")
+        return self
+
+    @property
+    def rtsp_auth(self) -> tuple[str, str] | None:
+        """(user, password) for the RTSP server's basic authentication, or None."""
+        if self.rtsp_user is None or self.rtsp_password is None:
+            return None
+        return self.rtsp_user, self.rtsp_password.get_secret_value()
 
     @property
     def heartbeat_interval_s(self) -> float:

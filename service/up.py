@@ -15,7 +15,7 @@ import socket
 import typer
 import uvicorn
 
-from dp.errors import ConfigError, DpstreamError
+from dp.errors import ConfigError
 from service.api import create_app
 from service.auth import replace_tokens_named
 from service.embedded import EmbeddedValkey
@@ -23,22 +23,10 @@ from service.models import Camera, new_incarnation
 from service.redaction import redact_url
 from service.settings import Settings
 from service.store import SyncStore
-from service.worker_process import WorkerProcess
+from service.worker_process import WorkerProcess, start_rtsp_server
 
 log = logging.getLogger("dpstream.up")
 DEMO_ID = "demo"
-
-
-def _start_rtsp(port: int, host: str):
-    """The RTSP server of the demo camera and the /private re-streams, on the API's address (so that
-    `up --host 0.0.0.0` in a container serves them outside it, as a worker's --rtsp-port does)."""
-    from streams.rtsp_server import LocalRtspServer
-
-    try:
-        return LocalRtspServer(port=port, host=host).start()
-    except DpstreamError:
-        log.warning("RTSP port %s is taken; using a free port", port)
-        return LocalRtspServer(port=0, host=host).start()
 
 
 def _ensure_demo_camera(store: SyncStore, source: str) -> None:
@@ -94,11 +82,14 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
         store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
         stack.callback(store.close)
         store.ping()
-        rtsp = _start_rtsp(settings.rtsp_port, settings.host)
+        # on the API's address (so that `up --host 0.0.0.0` in a container serves it outside, as a worker's
+        # --rtsp-port does); with DPSTREAM_RTSP_USER/PASSWORD the demo camera is read with them too
+        rtsp = start_rtsp_server(settings, settings.rtsp_port, any_port_if_taken=True)
         stack.callback(rtsp.stop)
         if demo:
             rtsp.serve_test_pattern("/demo-source", pattern="ball", width=320, height=240, fps=15)
-            _ensure_demo_camera(store, rtsp.url("/demo-source"))
+            user, password = settings.rtsp_auth or (None, None)
+            _ensure_demo_camera(store, rtsp.url("/demo-source", user=user, password=password))
         if settings.admin_token is not None:
             token_line = "admin token: the value of DPSTREAM_ADMIN_TOKEN"
             token = "$DPSTREAM_ADMIN_TOKEN"
@@ -117,7 +108,8 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
             f"  {token_line}\n"
             f"  try            curl -H 'Authorization: Bearer {token}' {api}/api/v1/cameras\n"
             + (f"  demo camera    {api}/api/v1/cameras/{DEMO_ID}/stream.mjpeg (needs the bearer token)\n"
-               f"  private RTSP   {rtsp.url('/' + DEMO_ID + '/private')}\n" if demo else "")
+               f"  private RTSP   {rtsp.public_url('/' + DEMO_ID + '/private')}"
+               f"{'  (DPSTREAM_RTSP_USER and its password)' if settings.rtsp_auth else ''}\n" if demo else "")
             + "  tokens         dpstream token create --scope read | token list | token revoke ID\n"
             "Ctrl-C stops.\n"
         )

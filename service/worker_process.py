@@ -64,6 +64,25 @@ class FailedRunner:
         return {"state": "FAILED", "reason": self.reason}
 
 
+def start_rtsp_server(settings: Settings, port: int, *, any_port_if_taken: bool = False):
+    """The RTSP server of a worker's /<camera>/private re-streams (and `dpstream up`'s demo camera), on the
+    API's address, with the settings' credentials (DPSTREAM_RTSP_USER/PASSWORD) when given."""
+    from dp.errors import DpstreamError
+    from streams.rtsp_server import LocalRtspServer
+
+    def start(p: int):
+        return LocalRtspServer(port=p, host=settings.host, auth=settings.rtsp_auth,
+                               public_host=settings.rtsp_public_host).start()
+
+    try:
+        return start(port)
+    except DpstreamError:
+        if not any_port_if_taken:
+            raise
+        log.warning("RTSP port %s is taken; using a free port", port)
+        return start(0)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"[:64]
 

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -92,13 +93,19 @@ class LocalRtspServer:
         *,
         auth: tuple[str, str] | None = None,
         tls: tuple[str, str] | None = None,
+        public_host: str | None = None,
     ) -> None:
         """``auth``: (user, password) for RTSP basic authentication. ``tls``: (certificate file, private
-        key file), both PEM: every connection is then RTSP over TLS and :meth:`url` gives ``rtsps://``."""
+        key file), both PEM: every connection is then RTSP over TLS and :meth:`url` gives ``rtsps://``.
+        ``public_host``: the host :meth:`public_url` gives clients elsewhere (default: ``host``, or this
+        machine's name when ``host`` is a wildcard address, which no client can connect to)."""
         ensure_init()
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"port={port!r} must be within 0..65535")
         self.host = host
+        if public_host is None:
+            public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        self.public_host = public_host
         self._requested_port = int(port)
         self._auth = auth
         self.server = GstRtspServer.RTSPServer.new()
@@ -213,6 +220,11 @@ class LocalRtspServer:
         """The ``rtsp://`` (``rtsps://`` with TLS) URL of ``mount`` (with credentials if given: never log it)."""
         userinfo = f"{user}:{password}@" if user is not None else ""
         return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{self.host}:{self.port}{mount}"
+
+    def public_url(self, mount: str) -> str:
+        """The URL of ``mount`` for clients on other machines (never with credentials)."""
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"{'rtsps' if self._tls else 'rtsp'}://{host}:{self.port}{mount}"
 
     def _check_mount(self, mount: str) -> None:
         if not _MOUNT_RE.match(mount):

@@ -78,3 +78,12 @@ def test_dockerfile_copies_paths_that_exist() -> None:
     ignore = (REPO / "deploy/Dockerfile.dockerignore").read_text()
     for source in sources:
         assert f"!{source}" in ignore, f"{source} is copied but excluded from the build context"
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from service.settings import Settings
+
+    readme = (REPO / "README.md").read_text()
+    names = [a for f in Settings.model_fields.values() for a in f.validation_alias.choices if a.isupper()]
+    assert len(names) == len(Settings.model_fields)
+    assert not [n for n in names if f"`{n}`" not in readme]

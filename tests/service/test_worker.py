@@ -4,6 +4,7 @@ over real HTTP."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import httpx
@@ -13,6 +14,7 @@ from PIL import Image
 
 from dp import Release
 from service.keys import Keys
+from service.settings import Settings
 from tests.service.conftest import wait_for
 
 KEYS = Keys()
@@ -241,3 +243,43 @@ def test_a_camera_created_again_under_its_id_runs_its_own_settings(admin: httpx.
     mark = releases_of(admin, "gate", limit=1000)[-1]["entry_id"]
     wait_for(lambda: (fresh := releases_of(admin, "gate", since=mark)) and fresh[-1]["eps_spent"] == 1.0,
              timeout_s=15, what="the new camera's eps_pix in its releases")
+
+
+def test_the_private_restream_asks_for_the_configured_credentials(settings: Settings, dp_warm) -> None:
+    """DPSTREAM_RTSP_USER/PASSWORD: the /private mounts of a worker play only with them, as the API's releases
+    need a token; the status advertises the mount without them."""
+    from dp.errors import IngestError
+    from service.models import Camera
+    from service.store import SyncStore
+    from service.worker_process import WorkerProcess, start_rtsp_server
+    from streams.ingest import iter_frames
+
+    s = Settings(redis_url=settings.redis_url, lease_ttl_s=2.0, worker_id="w-rtsp-auth", rtsp_user="viewer",
+                 rtsp_password="correct-horse")
+    store = SyncStore(s.redis_url)
+    store.put_camera(Camera(id="ball", source=BALL, release_fps=5.0, eps_window=1000.0, window_s=10.0))
+    rtsp = start_rtsp_server(s, 0)
+    worker = WorkerProcess(s, rtsp_server=rtsp)
+    worker.start()
+    try:
+        mount = wait_for(lambda: (o := worker._owned.get("ball")) and getattr(o.runner, "_private", None),
+                         timeout_s=30, what="the private mount")
+        wait_for(lambda: mount.releases_seen >= 2, timeout_s=30, what="releases on the mount")
+        url = wait_for(lambda: (raw := store.redis.get(store.keys.status("ball"))) and json.loads(raw).get(
+            "private_rtsp"), timeout_s=10, what="the advertised mount")
+        assert url == rtsp.public_url("/ball/private") and "viewer" not in url
+        with pytest.raises(IngestError, match="credentials refused"):
+            list(iter_frames(url, max_frames=1, first_frame_timeout_s=10))
+        frames = list(iter_frames(rtsp.url("/ball/private", user="viewer", password="correct-horse"),
+                                  max_frames=2, first_frame_timeout_s=20))
+        assert [f.array.shape for f in frames] == [(120, 160, 3)] * 2
+    finally:
+        worker.stop()
+        rtsp.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("env", [{"rtsp_user": "viewer"}, {"rtsp_user": "viewer", "rtsp_password": "short"}])
+def test_rtsp_credentials_come_in_pairs_of_a_usable_length(env: dict) -> None:
+    with pytest.raises(ValueError, match="DPSTREAM_RTSP_"):
+        Settings(**env)

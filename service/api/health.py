@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -10,6 +12,7 @@ from service.api.deps import StoreDep
 from service.metrics import REDIS_ERRORS, refresh_camera_gauges
 from service.models import ErrorOut, Health
 
+log = logging.getLogger("dpstream.api")
 router = APIRouter(tags=["health"])
 
 
@@ -27,8 +30,9 @@ async def readyz(store: StoreDep, response: Response) -> Health:
         await store.ping()
     except StoreUnavailable as err:
         REDIS_ERRORS.labels("api").inc()
+        log.warning("not ready: %s", err)  # where Redis is and what failed: for the log, not for anyone who asks
         response.status_code = 503
-        return Health(status="unavailable", detail=str(err))
+        return Health(status="unavailable", detail="the Redis store is unreachable")
     return Health(status="ok")
 
 

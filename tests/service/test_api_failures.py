@@ -21,6 +21,7 @@ def test_unreachable_redis_is_503_and_not_ready(tmp_path) -> None:
             assert c.get("/healthz").status_code == 200
             r = c.get("/readyz")
             assert r.status_code == 503 and r.json()["status"] == "unavailable"
+            assert "127.0.0.1" not in r.text and "Error" not in r.text  # anonymous: not where Redis is
             r = c.get("/api/v1/cameras")
             assert r.status_code == 503 and "Redis" in r.json()["detail"]
             assert c.get("/metrics").status_code == 200  # the process's own metrics still come out

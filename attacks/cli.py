@@ -6,22 +6,29 @@
     python -m attacks mechanism --eps-pix 1 --m-pixels 16 --json out/mechanism.json
 
 Exit status: 0 done (and, for `mechanism`, every audit passed and every broken control was flagged),
-1 an audit failed, 2 bad arguments or missing data.
+1 an audit failed, 2 bad arguments or missing data (checked before any work: a bad output path too),
+128 + the signal when `reid` is stopped by SIGTERM or SIGINT (after writing its partial report).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from attacks.errors import AuditError
+from attacks.errors import AuditError, AuditInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy audits of dpstream releases.")
 faces_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The packaged face photos.")
@@ -65,17 +72,94 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _fail(message: str) -> NoReturn:
+    """Bad arguments or missing data: one line on stderr, exit status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+# what matplotlib's Agg canvas writes without outside tools (pgf needs LaTeX)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+
+
+def _check_outputs(json_out: Path | None = None, plot_out: Path | None = None, *,
+                   plot_name: str = "--plot") -> None:
+    """Refuse, before any work, output paths the run could not write at its end."""
+    if plot_out is not None and plot_out.suffix.lower() not in PLOT_SUFFIXES:
+        _fail(f"{plot_name} {plot_out}: the suffix picks the format; use one of {', '.join(PLOT_SUFFIXES)}")
+    if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
+        _fail(f"--json and {plot_name} are the same file ({json_out}); the plot would overwrite the report")
+    for option, path in (("--json", json_out), (plot_name, plot_out)):
+        if path is None:
+            continue
+        if path.is_dir():
+            _fail(f"{option} {path} is a directory; give a file path inside it")
+        if path.exists() and not path.is_file():
+            _fail(f"{option} {path} exists and is not a regular file")
+        # create the folder now (as the write would) and write a scratch file in it, so that an unwritable
+        # place fails here and not after the whole run
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+                pass
+        except OSError as exc:
+            _fail(f"{option} {path}: cannot write in {path.parent}: {exc.strerror or exc}")
+
+
+def _write_atomically(path: Path, tmp: Path, write) -> None:
+    """`write(tmp)`, then rename tmp to path, so readers never see a half-written file; no tmp is left
+    behind, whatever happens (an OSError exits 2 naming the path)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _fail(f"cannot write {path}: {exc.strerror or exc}")
+        raise
+
+
 def _write_json(path: Path | None, data: dict, *, quiet: bool = False) -> None:
     text = json.dumps(data, indent=2, allow_nan=True)
     if path is None:
         typer.echo(text)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)  # readers never see a half-written report
+    _write_atomically(path, path.with_name(path.name + ".tmp"), lambda tmp: tmp.write_text(text + "\n"))
     if not quiet:
         console.print(f"wrote {path}")
+
+
+def _write_plot(data: dict, path: Path, metric: str = "top1") -> None:
+    from attacks.plots import plot_reid
+
+    # the scratch name keeps the suffix: matplotlib picks the format from it
+    _write_atomically(path, path.with_name(f".{path.stem}.tmp{path.suffix}"),
+                      lambda tmp: plot_reid(data, tmp, metric=metric))
+    console.print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While active, the first SIGTERM or SIGINT raises AuditInterrupted, so that the run stops its
+    workers and leaves its partial report; later ones are ignored so they cannot cut that short."""
+    signums = (signal.SIGTERM, signal.SIGINT)
+
+    def handler(signum, _frame) -> None:
+        for s in signums:
+            signal.signal(s, signal.SIG_IGN)
+        raise AuditInterrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; an embedding caller keeps its own
+        return
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 CacheDir = typer.Option(None, "--cache-dir", help="Where the packaged face photos are cached "
@@ -117,32 +201,36 @@ def reid(
     probes_per_identity: int = typer.Option(8, "--probes-per-identity"),
     train_per_identity: int = typer.Option(16, "--train-per-identity", help="Privatized training images per "
                                            "identity for the trained attackers."),
-    frames: str = typer.Option("5,25", "--frames", help="k of the multi-frame attacker (averages k releases)."),
+    frames: str = typer.Option("5,25", "--frames", help="k of the multi-frame attacker (averages k releases), "
+                               "each 2 or more (one release is what every other attacker sees); '' for none."),
     attackers: str = typer.Option(",".join(("dlib", "dlib-boxalign", "facenet", "trained-head", "trained-cnn")),
                                   "--attackers", help="Which attackers to run."),
-    max_identities: int | None = typer.Option(None, "--max-identities", help="Use only the first N identities."),
+    max_identities: int | None = typer.Option(None, "--max-identities", help="Use only the first N "
+                                              "identities (2 or more)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the probe augmentation (dp noise is always "
                                     "fresh)."),
     workers: int = typer.Option(1, "--workers", help="Processes to spread the settings over."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the JSON report here (default stdout)."),
-    plot_out: Path | None = typer.Option(None, "--plot", help="Write the PNG plot here."),
+    plot_out: Path | None = typer.Option(None, "--plot", help="Write the plot here (PNG; the suffix picks "
+                                         "the format)."),
     cache_dir: Path | None = CacheDir,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Face re-identification: a clean gallery against probes seen through each setting."""
     from attacks.faceset import build_packaged_faceset, load_faceset
-    from attacks.plots import plot_reid
-    from attacks.reid import ReidConfig, build_settings, run_reid_parallel
+    from attacks.privatize import DP_LAYOUTS
+    from attacks.reid import ReidConfig, build_settings, run_reid_parallel, steps_per_setting
     from attacks.sources import default_cache_dir
 
     _setup_logging(verbose)
+    # every argument is checked before any work, so a bad one never costs a run
+    if max_identities is not None and max_identities < 2:
+        _fail(f"--max-identities {max_identities}: the audit tells identities apart, so it needs 2 or more")
+    if workers < 1:
+        _fail(f"--workers {workers} must be 1 or more")
+    if not _names(layouts):
+        _fail(f"--layouts {layouts!r}: give one or more of {', '.join(DP_LAYOUTS)}")
     try:
-        if faces is None:
-            faceset = load_faceset(build_packaged_faceset(cache_dir or default_cache_dir()))
-        else:
-            faceset = load_faceset(faces, min_photos=2)
-        if max_identities:
-            faceset = faceset.subset(max_identities)
         settings = build_settings(
             eps_pix=_floats(eps_pix, "--eps-pix"), m_pixels=_ints(m_pixels, "--m-pixels"),
             cell_sizes=_ints(cell_size, "--cell-size"), layouts=_names(layouts), eps_layout=eps_layout,
@@ -153,26 +241,47 @@ def reid(
             frames=tuple(_ints(frames, "--frames")) if frames.strip() else (), attackers=tuple(_names(attackers)),
             seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"),
         )
-        with _progress() as bar:
-            from attacks.reid import steps_per_setting
-
-            task = bar.add_task("re-identification", total=steps_per_setting(settings, cfg))
-            def checkpoint(partial) -> None:
-                if json_out is not None:
-                    _write_json(json_out, {**partial.to_dict(), "command": "reid", "complete": False}, quiet=True)
-
-            report = run_reid_parallel(faceset, settings, cfg, workers=workers, checkpoint=checkpoint,
-                                       progress=lambda label: bar.update(task, advance=1, description=label))
     except AuditError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
+    _check_outputs(json_out, plot_out)
+
+    def checkpoint(partial) -> None:
+        if json_out is not None:
+            _write_json(json_out, {**partial.to_dict(), "command": "reid", "complete": False}, quiet=True)
+
+    with _stop_on_signals():
+        try:
+            if faces is None:
+                faceset = load_faceset(build_packaged_faceset(cache_dir or default_cache_dir()))
+            else:
+                faceset = load_faceset(faces, min_photos=2)
+            if max_identities is not None:
+                faceset = faceset.subset(max_identities)
+            with _progress() as bar:
+                task = bar.add_task("re-identification", total=steps_per_setting(settings, cfg))
+                report = run_reid_parallel(faceset, settings, cfg, workers=workers, checkpoint=checkpoint,
+                                           progress=lambda label: bar.update(task, advance=1, description=label))
+        except AuditError as exc:
+            _fail(str(exc))
+        except AuditInterrupted as exc:
+            name = signal.Signals(exc.signum).name
+            if exc.partial is None:
+                typer.echo(f"interrupted by {name} before any setting finished; no report written", err=True)
+            else:
+                _write_json(json_out, {**exc.partial.to_dict(), "command": "reid", "complete": False}, quiet=True)
+                where = f" in {json_out}" if json_out is not None else ""
+                typer.echo(f"interrupted by {name}: partial report (complete: false, "
+                           f"{len(exc.partial.results)} results){where}", err=True)
+            raise typer.Exit(128 + exc.signum) from None
     data = report.to_dict()
     data["command"] = "reid"
     data["complete"] = True
     _write_json(json_out, data)
+    if not data["results"]:
+        unavailable = "; ".join(f"{k}: {v}" for k, v in data["attackers_unavailable"].items())
+        _fail(f"no attacker could run, nothing was measured ({unavailable or 'no result'})")
     if plot_out is not None:
-        plot_reid(data, plot_out)
-        console.print(f"wrote {plot_out}")
+        _write_plot(data, plot_out)
 
 
 @app.command()
@@ -194,6 +303,7 @@ def mechanism(
     from attacks.mechanism import MechanismAuditConfig, audit_mechanism
 
     _setup_logging(verbose)
+    _check_outputs(json_out)
     try:
         cfgs = [
             MechanismAuditConfig(eps_pix=e, m_pixels=m, cell_size=cell_size, channels=channels, n_select=n_select,
@@ -245,7 +355,11 @@ def summarize(reports: list[Path] = typer.Argument(..., help="JSON reports writt
     """Print a report as a Markdown table."""
     from attacks.summary import mechanism_table, reid_table
 
-    data = _read_reports(reports)
+    data, partial = _read_reports(reports)
+    if partial:
+        # first line of the output, so the note travels with the table wherever it is pasted
+        typer.echo(f"> PARTIAL: {', '.join(map(str, partial))} {'is' if len(partial) == 1 else 'are'} from a "
+                   "run that did not finish (complete: false); the table holds only the settings done so far.\n")
     typer.echo(mechanism_table(data) if data.get("command") == "mechanism" else reid_table(data, metric))
 
 
@@ -254,23 +368,29 @@ def plot(out: Path = typer.Argument(..., help="The PNG to write."),
          reports: list[Path] = typer.Argument(..., help="JSON reports written by `reid` (several are merged)."),
          metric: str = typer.Option("top1", "--metric", help="top1, top5 or tar.")) -> None:
     """Plot a re-identification report (again), for example a partial one from a sweep still running."""
-    from attacks.plots import plot_reid
+    _check_outputs(plot_out=out, plot_name="OUT")
+    if any(out.resolve() == r.resolve() for r in reports):
+        _fail(f"OUT {out} is one of the reports; the plot would overwrite it")
+    data, partial = _read_reports(reports)
+    if partial:
+        console.print(f"note: PARTIAL report ({', '.join(map(str, partial))}: complete false)")
+    _write_plot(data, out, metric=metric)
 
-    plot_reid(_read_reports(reports), out, metric=metric)
-    console.print(f"wrote {out}")
 
-
-def _read_reports(paths: list[Path]) -> dict:
+def _read_reports(paths: list[Path]) -> tuple[dict, list[Path]]:
     """One report, or several reid reports of the same face set merged (results concatenated; a result of
-    an earlier report wins over the same attacker and setting in a later one)."""
+    an earlier report wins over the same attacker and setting in a later one); and the paths of those
+    that are partial (written by a run that had not finished)."""
     merged: dict | None = None
     seen = set()
+    partial = []
     for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            typer.echo(f"error: cannot read {path}: {exc}", err=True)
-            raise typer.Exit(2) from None
+            _fail(f"cannot read {path}: {exc}")
+        if data.get("complete") is False:
+            partial.append(path)
         if merged is None:
             merged = {**data, "results": []}
         elif data.get("n_identities") != merged.get("n_identities"):
@@ -283,5 +403,5 @@ def _read_reports(paths: list[Path]) -> dict:
                 seen.add(key)
                 merged["results"].append(r)
     if merged is not None and merged.get("command") == "mechanism":
-        return json.loads(paths[0].read_text())
-    return merged
+        return json.loads(paths[0].read_text()), partial[:1]
+    return merged, partial

@@ -137,19 +137,28 @@ def load_faceset(directory: Path, faces: DlibFaces | None = None, *, min_photos:
     """Read one folder per identity. Boxes come from `faces.json` when present, else from the detector
     (largest face), else the whole image."""
     directory = Path(directory)
-    if not directory.is_dir():
+    if not directory.exists():
         raise AuditError(f"face directory {directory} does not exist")
+    if not directory.is_dir():
+        raise AuditError(f"face directory {directory} is not a directory: give a folder with one folder of "
+                         "photos per identity")
     manifest_path = directory / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     photos: list[FacePhoto] = []
     for ident_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
-        files = sorted(p for p in ident_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(files) < min_photos:
-            log.warning("identity %s has %d photos (< %d): skipped", ident_dir.name, len(files), min_photos)
+        readable = []
+        for f in sorted(p for p in ident_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                readable.append((f, _read_rgb(f)))
+            except (OSError, Image.DecompressionBombError) as exc:
+                # an operator's folder may hold a broken or mislabelled file: one bad photo costs that photo
+                log.warning("%s is not a readable image (%s): skipped", f, exc)
+        if len(readable) < min_photos:
+            log.warning("identity %s has %d readable photos (< %d): skipped", ident_dir.name, len(readable),
+                        min_photos)
             continue
         boxes = {e["file"]: tuple(e["box"]) for e in manifest.get(ident_dir.name, [])}
-        for f in files:
-            pixels = _read_rgb(f)
+        for f, pixels in readable:
             box = boxes.get(f.name)
             if box is None:
                 faces = faces or DlibFaces()

@@ -105,18 +105,18 @@ def sample_cell_means(
     frame = np.tile(cell, (frame_cells, frame_cells, 1))
     c = cell.shape[2]
     per_release = frame_cells * frame_cells
-    out = np.empty((0, c), dtype=np.int64)
     chunks = []
     got = 0
     while got < n_samples:
         rel = px.release(frame)  # no key: real randomness, as in production
         # fixed layout: one cell per macro-block, means in raster order, C per cell
         chunks.append(np.asarray(rel.means, dtype=np.int64).reshape(per_release, c))
-        got += per_release
+        # the last release gives more cells than are still needed: count only those kept
+        kept = min(per_release, n_samples - got)
+        got += kept
         if progress:
-            progress(per_release)
-    out = np.concatenate(chunks)[:n_samples]
-    return out
+            progress(kept)
+    return np.concatenate(chunks)[:n_samples]
 
 
 def _events(samples_xp: np.ndarray, samples_x: np.ndarray):

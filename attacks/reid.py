@@ -9,8 +9,13 @@ Every setting sees the same probe renderings, so settings differ only by what th
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -24,7 +29,7 @@ from attacks.attackers import (
     TrainedHeadAttacker,
 )
 from attacks.dlib_model import DlibFaces
-from attacks.errors import AuditError
+from attacks.errors import AuditError, AuditInterrupted
 from attacks.faceset import FaceSet
 from attacks.metrics import score_matrix
 from attacks.privatize import Setting, privatize
@@ -40,7 +45,7 @@ class ReidConfig:
     face_px: int = 128  # face box side in the frame, pixels
     probes_per_identity: int = 8
     train_per_identity: int = 16  # privatized training images per identity (trained attackers)
-    frames: tuple[int, ...] = (5, 25)  # the multi-frame attacker's k (k=1 is the single-release attacker)
+    frames: tuple[int, ...] = (5, 25)  # the multi-frame attacker's k >= 2 (k=1 is the single-release attackers)
     attackers: tuple[str, ...] = ATTACKERS
     far: float = 0.01  # false-accept rate of the verification score
     # "photo": the face with its photo's surroundings; "grey": only the face box (+15%), the rest mid-grey,
@@ -52,6 +57,17 @@ class ReidConfig:
         unknown = sorted(set(self.attackers) - set(ATTACKERS))
         if unknown:
             raise AuditError(f"unknown attackers {unknown}; choose from {', '.join(ATTACKERS)}")
+        if not self.attackers:
+            raise AuditError(f"no attacker chosen (--attackers); choose one or more of {', '.join(ATTACKERS)}")
+        for name in ("probes_per_identity", "train_per_identity"):
+            if getattr(self, name) < 1:
+                raise AuditError(f"{name}={getattr(self, name)} (--{name.replace('_', '-')}) must be 1 or more")
+        single = [k for k in self.frames if k < 2]
+        if single:
+            # k=1 is what every single-release attacker (dlib, facenet, trained-*) measures already
+            raise AuditError(f"frames={single[0]} (--frames): the multi-frame attacker averages k >= 2 releases, "
+                             "and one release is what every other attacker measures already; give k of 2 or "
+                             "more, or '' for none")
         if self.surround not in ("photo", "grey"):
             raise AuditError(f"surround={self.surround!r} must be 'photo' or 'grey'")
         if self.face_px < 16:
@@ -147,14 +163,7 @@ def run_reid(
     )
     probe_labels = split.labels(split.probes)
     probe_boxes = [r.box for r in split.probes]
-    report = ReidReport(
-        n_identities=n_ids,
-        n_probes=len(split.probes),
-        chance=1.0 / n_ids,
-        chance_top5=min(5, n_ids) / n_ids,
-        face_px=cfg.face_px,
-        surround=cfg.surround,
-    )
+    report = _empty_report(n_ids, len(split.probes), cfg)
 
     single: list[EmbeddingAttacker] = []
     dlib_landmarks = DlibEmbedder(faces, align="landmarks")
@@ -174,7 +183,7 @@ def run_reid(
     for attacker in single:
         attacker.enroll(gallery, n_ids)
     # The multi-frame attacker uses dlib's descriptor with the alignment that needs no clean landmarks.
-    multi = [EmbeddingAttacker(dlib_landmarks, frames=k) for k in cfg.frames if k > 1]
+    multi = [EmbeddingAttacker(dlib_landmarks, frames=k) for k in cfg.frames]
     for attacker in multi:
         attacker.enroll(gallery, n_ids)
     trained_names = [a for a in ("trained-head", "trained-cnn") if a in cfg.attackers]
@@ -191,7 +200,7 @@ def run_reid(
         log.info("%s %s (k=%d): top1=%.3f top5=%.3f tar@far%.2g=%.3f", attacker_name, setting.label, frames,
                  s.top1, s.top5, s.far, s.tar)
 
-    for setting in settings:
+    def run_setting(setting: Setting) -> None:
         probes = _privatized(setting, split.probes)
         for attacker in single:
             record(attacker.name, 1, setting, attacker.similarity(probes, probe_boxes))
@@ -217,17 +226,40 @@ def run_reid(
                 record(attacker.name, attacker.frames, setting, attacker.similarity(averaged, probe_boxes))
             if progress and multi:
                 progress(f"{setting.label}: multi-frame attackers")
-        if checkpoint:
-            report.seconds = time.monotonic() - t0
-            checkpoint(report)
+
+    finished = 0  # results of the settings run to the end
+    try:
+        for setting in settings:
+            run_setting(setting)
+            finished = len(report.results)
+            if checkpoint:
+                report.seconds = time.monotonic() - t0
+                checkpoint(report)
+    except AuditInterrupted as exc:
+        # the partial report holds whole settings only, as the checkpoints do
+        del report.results[finished:]
+        report.seconds = time.monotonic() - t0
+        exc.partial = report
+        raise
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _empty_report(n_ids: int, n_probes: int, cfg: ReidConfig) -> ReidReport:
+    return ReidReport(
+        n_identities=n_ids,
+        n_probes=n_probes,
+        chance=1.0 / n_ids,
+        chance_top5=min(5, n_ids) / n_ids,
+        face_px=cfg.face_px,
+        surround=cfg.surround,
+    )
 
 
 def steps_per_setting(settings: Sequence[Setting], cfg: ReidConfig) -> int:
     """How many progress steps run_reid reports, for a progress bar."""
     trained = any(a in cfg.attackers for a in ("trained-head", "trained-cnn"))
-    multi = any(k > 1 for k in cfg.frames)
+    multi = bool(cfg.frames)
     return sum(1 + trained + (multi and s.randomized) for s in settings)
 
 
@@ -262,11 +294,57 @@ def build_settings(
     return settings
 
 
-def _run_chunk(args: tuple) -> dict:
-    faceset, settings, cfg, log_level = args
+def _exit_with_parent(parent_pid: int) -> None:
+    """Exit when the parent goes away, even by SIGKILL, so that no worker outlives its run."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _chunk_worker(chunk_id: int, faceset: FaceSet, settings: list[Setting], cfg: ReidConfig, log_level: int,
+                  events, parent_pid: int) -> None:
+    """One worker process: run_reid on its settings, sending progress, a checkpoint after each setting and
+    the final report (or the error) to the parent as (chunk_id, kind, payload) on `events`."""
+    # Ctrl-C reaches the whole process group: the parent alone decides, and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     # a spawned worker starts with logging unconfigured
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    return run_reid(faceset, settings, cfg).to_dict()
+    try:
+        report = run_reid(faceset, settings, cfg,
+                          progress=lambda label: events.put((chunk_id, "progress", label)),
+                          checkpoint=lambda r: events.put((chunk_id, "checkpoint", r.to_dict())))
+    except AuditError as exc:
+        events.put((chunk_id, "audit-error", str(exc)))
+    except BaseException:
+        events.put((chunk_id, "error", traceback.format_exc()))
+    else:
+        events.put((chunk_id, "done", report.to_dict()))
+
+
+def _merge(header: ReidReport, parts: Iterable[dict], settings: Sequence[Setting]) -> ReidReport:
+    """The workers' reports (as dicts) as one, results in the order of `settings`."""
+    merged = ReidReport(**{k: v for k, v in asdict(header).items() if k != "results"})
+    for d in parts:
+        merged.results += [ReidResult(**{**r, "top1_ci95": tuple(r["top1_ci95"])}) for r in d["results"]]
+        merged.attackers_unavailable.update(d["attackers_unavailable"])
+    order = {s: i for i, s in enumerate(settings)}
+
+    def key(r: ReidResult) -> tuple:
+        s = Setting(r.setting, r.cell_size, r.eps_pix, r.m_pixels, r.layout,
+                    next((x.eps_layout for x in settings if x.kind == r.setting and x.layout == r.layout), 0.0))
+        return (order.get(s, len(order)), r.frames, r.attacker)
+
+    merged.results.sort(key=key)
+    return merged
+
+
+# how long a worker may be seen dead before its last messages must have arrived
+_DEAD_WORKER_GRACE_S = 2.0
 
 
 def run_reid_parallel(
@@ -279,39 +357,84 @@ def run_reid_parallel(
     checkpoint: Callable[[ReidReport], None] | None = None,
 ) -> ReidReport:
     """run_reid with the settings spread over `workers` processes. Every worker renders the same probes
-    (same seed), so the results are those of one run; dp noise stays fresh in each."""
+    (same seed), so the results are those of one run; dp noise stays fresh in each. `checkpoint` gets the
+    merged report after each setting any worker finishes. However this returns or raises, no worker is
+    left running; AuditInterrupted (raised by the caller's signal handler) carries the partial report."""
     if workers <= 1 or len(settings) < 2:
         return run_reid(faceset, settings, cfg, progress, checkpoint)
     if cfg.seed is None:
         raise AuditError("parallel runs need a seed so every worker renders the same probes")
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    chunks = [list(settings[i::workers]) for i in range(workers)]
+    chunks = [chunk for chunk in (list(settings[i::workers]) for i in range(workers)) if chunk]
+    n_ids = len(faceset.identities)
+    if n_ids < 2:
+        raise AuditError("the re-identification audit needs at least two identities")
+    header = _empty_report(n_ids, n_ids * cfg.probes_per_identity, cfg)
     t0 = time.monotonic()
-    merged: ReidReport | None = None
     # spawn: a fresh interpreter per worker, so no dlib or torch state is inherited through fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_chunk, (faceset, chunk, cfg, logging.getLogger().level)): chunk for chunk in chunks if chunk}
-        for fut in as_completed(futures):
-            d = fut.result()
-            part = ReidReport(**{k: v for k, v in d.items() if k != "results"})
-            part.results = [ReidResult(**r) for r in d["results"]]
-            if merged is None:
-                merged = part
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    procs = [
+        ctx.Process(target=_chunk_worker, name=f"reid-worker-{i}", daemon=True,
+                    args=(i, faceset, chunk, cfg, logging.getLogger().level, events, os.getpid()))
+        for i, chunk in enumerate(chunks)
+    ]
+    latest: dict[int, dict] = {}  # each worker's report so far
+    done: set[int] = set()
+    dead_since: dict[int, float] = {}
+
+    def merged() -> ReidReport:
+        report = _merge(header, [latest[i] for i in sorted(latest)], settings)
+        report.seconds = time.monotonic() - t0
+        return report
+
+    try:
+        for proc in procs:
+            proc.start()
+        while len(done) < len(procs):
+            try:
+                chunk_id, kind, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                now = time.monotonic()
+                for i, proc in enumerate(procs):
+                    if i in done or proc.exitcode is None:
+                        continue
+                    if now - dead_since.setdefault(i, now) > _DEAD_WORKER_GRACE_S:
+                        raise AuditError(f"re-identification worker {i} exited with status {proc.exitcode} "
+                                         "before it finished") from None
+                continue
+            if kind == "progress":
+                if progress:
+                    progress(payload)
+            elif kind in ("checkpoint", "done"):
+                latest[chunk_id] = payload
+                if kind == "done":
+                    done.add(chunk_id)
+                elif checkpoint:
+                    checkpoint(merged())
+            elif kind == "audit-error":
+                raise AuditError(payload)
             else:
-                merged.results += part.results
-                merged.attackers_unavailable.update(part.attackers_unavailable)
-            if progress:
-                for _ in range(steps_per_setting(futures[fut], cfg)):
-                    progress(f"{len(futures[fut])} settings done")
-    order = {s: i for i, s in enumerate(settings)}
+                raise RuntimeError(f"re-identification worker {chunk_id} failed:\n{payload}")
+    except AuditInterrupted as exc:
+        exc.partial = merged()
+        raise
+    finally:
+        _stop(procs)
+        events.close()
+    return merged()
 
-    def key(r: ReidResult) -> tuple:
-        s = Setting(r.setting, r.cell_size, r.eps_pix, r.m_pixels, r.layout,
-                    next((x.eps_layout for x in settings if x.kind == r.setting and x.layout == r.layout), 0.0))
-        return (order.get(s, len(order)), r.frames, r.attacker)
 
-    merged.results.sort(key=key)
-    merged.seconds = time.monotonic() - t0
-    return merged
+def _stop(procs: Sequence) -> None:
+    """Terminate the workers still running, then kill any that ignore it; reap them all."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        if proc.pid is None:
+            continue  # never started
+        proc.join(timeout=5.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -7,6 +7,8 @@ mechanism's true epsilon is twice the claim, far above the bound's sampling erro
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,14 @@ def test_mechanism_command_writes_report_and_exits_zero(tmp_path):
 def test_mechanism_command_rejects_bad_epsilon(tmp_path):
     rc, _, err = run_attacks("mechanism", "--eps-pix", "-1", "--json", str(tmp_path / "x.json"))
     assert rc == 2
+
+
+def test_mechanism_progress_counts_each_sample_once(tmp_path):
+    # 100 and 300 are not multiples of the 256 cells one release gives
+    rc, _, err = run_attacks("mechanism", "--n-select", "100", "--n-eval", "300", "--no-control",
+                             "--json", str(tmp_path / "m.json"))
+    assert rc in (0, 1), err
+    counts = re.findall(r"\b(\d+)/(\d+)\b", err)
+    assert counts, err
+    assert counts[-1] == ("800", "800"), err  # 2 frames x (100 + 300) samples
+    assert all(int(done) <= int(total) for done, total in counts), err

@@ -89,3 +89,19 @@ def test_summarize_prints_a_markdown_row_per_setting(small_report, tmp_path):
     assert rows[0].startswith("| setting | dlib")
     assert any(line.startswith("| clean |") for line in rows)
     assert any(line.startswith("| dp eps_pix=1 m=16 8 px |") for line in rows)
+
+
+def test_summarize_of_a_partial_report_says_so_on_its_first_line(small_report, tmp_path):
+    report, _ = small_report
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({**report, "complete": False}))
+    rc, out, err = run_attacks("summarize", str(path))
+    assert rc == 0, err
+    assert out.splitlines()[0].startswith("> PARTIAL")
+    assert str(path) in out.splitlines()[0]
+    # a finished report has no such note
+    done = tmp_path / "done.json"
+    done.write_text(json.dumps(report))
+    rc, out, err = run_attacks("summarize", str(done))
+    assert rc == 0, err
+    assert "PARTIAL" not in out

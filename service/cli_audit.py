@@ -6,7 +6,7 @@ share a process with GStreamer (dlib aborts after `Gst.init()`), so this command
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 
 import typer
@@ -20,5 +20,8 @@ def register(app: typer.Typer) -> None:
     )
     def audit(ctx: typer.Context) -> None:
         """Privacy audits: `dpstream audit reid ...` and `dpstream audit mechanism ...` (see --help)."""
-        rc = subprocess.call([sys.executable, "-m", "attacks", *ctx.args])
-        raise typer.Exit(rc)
+        # exec, not a child: this process becomes the audit, so a signal sent to `dpstream` (SIGTERM from a
+        # supervisor, Ctrl-C) reaches the audit itself and its exit status is the command's
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "attacks", *ctx.args])

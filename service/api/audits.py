@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 
-from service.api.deps import AUTH_ERRORS, StoreDep, _err, require_admin, require_read
-from service.audits import attacks_available
+from service.api.deps import AUTH_ERRORS, _err, require_admin, require_read
+from service.audits import AuditsBusy, attacks_available, public_view
 from service.models import Audit, AuditRequest
 
 router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
@@ -23,18 +23,19 @@ async def start_audit(body: AuditRequest, request: Request) -> Audit:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             "audits unavailable: the attacks package is not installed in this environment "
                             "(install dpstream[audit])")
-    runner = request.app.state.audits
-    if runner.busy:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "audits busy; retry when one finishes",
-                            headers={"Retry-After": "30"})
-    return Audit.model_validate(await runner.start(body))
+    try:
+        doc = await request.app.state.audits.start(body)
+    except AuditsBusy as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "30"}) from None
+    return Audit.model_validate(public_view(doc))
 
 
 @router.get("/{audit_id}", response_model=Audit, dependencies=[Depends(require_read)],
             responses={**AUTH_ERRORS, 404: _err("No such audit (or it expired).")})
-async def get_audit(audit_id: Annotated[str, Path(pattern=r"^aud-[0-9a-f]{12}$")], store: StoreDep) -> Audit:
-    """An audit's state and, when done, its JSON report."""
-    doc = await store.get_audit(audit_id)
+async def get_audit(audit_id: Annotated[str, Path(pattern=r"^aud-[0-9a-f]{12}$")], request: Request) -> Audit:
+    """An audit's state and, when done, its JSON report and verdict. An audit whose API process stopped
+    before it finished reads as failed."""
+    doc = await request.app.state.audits.read(audit_id)
     if doc is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no audit {audit_id}")
-    return Audit.model_validate(doc)
+    return Audit.model_validate(public_view(doc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
@@ -83,6 +84,7 @@ async def latest_frame(camera_id: CameraId, store: StoreDep, request: Request) -
 
 
 BOUNDARY = "dpstreamframe"
+STREAM_REAUTH_S = 5.0  # how often an open stream checks that its key is still good (revoked, expired)
 
 
 @router.get("/{camera_id}/stream.mjpeg", response_class=StreamingResponse,
@@ -97,15 +99,26 @@ async def mjpeg(
     """The camera's releases as an MJPEG stream, starting with the latest one."""
     await existing(store, camera_id)
     jpegs = request.app.state.jpegs
+    auth = request.app.state.authenticator
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()  # require_read has checked it
 
     async def frames():
         sent = 0
         last_id = "$"
+        checked_s = time.monotonic()
         hit = await store.latest(camera_id)
         pending: list[tuple[str, bytes]] = [(hit[0].entry_id, hit[1])] if hit else []
         if hit:
             last_id = hit[0].entry_id
         while max_frames is None or sent < max_frames:
+            if time.monotonic() - checked_s >= STREAM_REAUTH_S:
+                # a stream lasts as long as its viewer stays: its key must still be good, not only at connect
+                try:
+                    if await auth.scope_of(token) is None:
+                        return
+                except Exception:  # store down: end the stream, as below; the client reconnects
+                    return
+                checked_s = time.monotonic()
             if not pending:
                 if await request.is_disconnected():
                     return

@@ -89,6 +89,30 @@ def test_mjpeg_stream_sends_release_frames(admin: httpx.Client, worker) -> None:
     assert body.count(b"Content-Type: image/jpeg") == 3
 
 
+def test_an_open_mjpeg_stream_ends_once_its_key_is_revoked(admin: httpx.Client, worker, redis_url: str) -> None:
+    import time
+
+    from service.api.releases import STREAM_REAUTH_S
+    from service.auth import create_token, revoke_token
+    from service.store import SyncStore
+
+    store = SyncStore(redis_url)
+    key = create_token(store, "read", name="viewer")
+    make_camera(admin, "ball", release_fps=10.0)
+    wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")
+    revoked_at = None
+    viewer = httpx.Client(base_url=admin.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    with viewer, viewer.stream("GET", "/api/v1/cameras/ball/stream.mjpeg") as r:
+        assert r.status_code == 200
+        for _ in r.iter_bytes():
+            if revoked_at is None:
+                revoke_token(store, key)
+                revoked_at = time.monotonic()
+            assert time.monotonic() - revoked_at < 4 * STREAM_REAUTH_S, "still streaming to a revoked key"
+    assert time.monotonic() - revoked_at < 2 * STREAM_REAUTH_S + 2.0  # the next check, after the 2 s cache
+    store.close()
+
+
 def test_patch_applies_live_to_the_running_camera(admin: httpx.Client, worker) -> None:
     make_camera(admin, "ball", eps_pix=1.0)
     wait_for(lambda: releases_of(admin, "ball"), timeout_s=20, what="a release")

@@ -51,18 +51,12 @@ _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>
 # key=value with a secret key, after any separator a camera URL uses: the query's '?' and '&', ';' params, and
 # the '/' and '_' of credentials in the path ('/user=admin_password=x_channel=1'). A value runs to the next
 # '&', ';', '#' or whitespace: in the '_' form that hides the rest of the path too, never less than the secret.
-_QUERY_SECRET_RE = re.compile(
-    r"(?P<key>(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r"))"
-    r"=(?P<value>[^&\s#;]*)",
-    re.IGNORECASE,
-)
+_SECRET_KEY = r"(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r")"
+_QUERY_SECRET_RE = re.compile(r"(?P<key>" + _SECRET_KEY + r")=(?P<value>[^&\s#;]*)", re.IGNORECASE)
 # The same, for url_secrets: each secret value alone ('_' form: up to the next '_key='), to find it quoted
 # outside the URL.
-_SECRET_VALUE_RE = re.compile(
-    r"(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r")"
-    r"=(?P<value>.*?)(?=_[A-Za-z][A-Za-z0-9]*=|[&\s#;?]|$)",
-    re.IGNORECASE,
-)
+_SECRET_VALUE_RE = re.compile(_SECRET_KEY + r"=(?P<value>.*?)(?=_[A-Za-z][A-Za-z0-9]*=|[&\s#;?]|$)",
+                              re.IGNORECASE)
 REDACTED = "***"
 
 

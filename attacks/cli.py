@@ -298,10 +298,15 @@ def mechanism(
                                  "mechanism (half the noise, same claim) that the audit must flag."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the JSON report here (default stdout)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    exit_with_parent: int | None = typer.Option(None, "--exit-with-parent", hidden=True, help="Stop when this "
+                                                "process, which started this one, dies (the service's audits)."),
 ) -> None:
     """Empirical DP audit: a lower bound on the privacy loss of the real Pixelizer, with confidence."""
     from attacks.mechanism import MechanismAuditConfig, audit_mechanism
+    from attacks.reid import exit_with_parent as watch_parent
 
+    if exit_with_parent is not None:  # its pid, not ours to look up: it may have died before we got here
+        watch_parent(exit_with_parent)
     _setup_logging(verbose)
     _check_outputs(json_out)
     try:

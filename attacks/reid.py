@@ -294,7 +294,7 @@ def build_settings(
     return settings
 
 
-def _exit_with_parent(parent_pid: int) -> None:
+def exit_with_parent(parent_pid: int) -> None:
     """Exit when the parent goes away, even by SIGKILL, so that no worker outlives its run."""
 
     def watch() -> None:
@@ -311,7 +311,7 @@ def _chunk_worker(chunk_id: int, faceset: FaceSet, settings: list[Setting], cfg:
     the final report (or the error) to the parent as (chunk_id, kind, payload) on `events`."""
     # Ctrl-C reaches the whole process group: the parent alone decides, and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     # a spawned worker starts with logging unconfigured
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     try:

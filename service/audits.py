@@ -67,7 +67,8 @@ def new_audit_id() -> str:
 def mechanism_command(req: AuditRequest, out: Path) -> list[str]:
     return [sys.executable, "-m", "attacks", "mechanism", "--eps-pix", repr(float(req.eps_pix)),
             "--m-pixels", str(int(req.m_pixels)), "--cell-size", str(int(req.cell_size)),
-            "--channels", str(int(req.channels)), "--n-eval", str(int(req.n_eval)), "--json", str(out)]
+            "--channels", str(int(req.channels)), "--n-eval", str(int(req.n_eval)), "--json", str(out),
+            "--exit-with-parent", str(os.getpid())]  # an API killed outright (SIGKILL, OOM) cannot stop it
 
 
 def verdict(passed: bool | None, control_flagged: bool | None) -> str | None:

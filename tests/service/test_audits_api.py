@@ -195,8 +195,10 @@ def test_an_audit_left_running_by_a_killed_api_reads_failed_after_a_new_api_star
     try:
         api.send_signal(signal.SIGKILL)  # no shutdown runs: the doc stays 'running' in Redis
         api.wait(timeout=10)
+        # nothing of the API is left to stop its audit: the audit notices its parent is gone (within 1 s)
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout_s=10, what="the orphaned audit stopping")
     finally:
-        kill_leftovers(children)  # orphaned now: nothing else would stop them
+        kill_leftovers(children)
     doc = read_with_a_new_api(settings, audit_id)
     assert doc["state"] == "failed" and "stopped during it" in doc["error"], doc
 

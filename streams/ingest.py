@@ -73,6 +73,11 @@ def _classify_error(err, debug: str | None, secrets: tuple[str, ...], tls: bool 
         )
     ):
         fatal, hint = True, "unsupported codec or container"
+        if "No supported stream" in message:
+            # rtspsrc set up no stream: select-stream refused every one (no video), or the camera refused
+            # every allowed transport; neither is a codec problem
+            hint = ("no video stream over the allowed transport (the camera offers only audio or metadata, or "
+                    "refuses RTP over TCP: try transport='udp')")
     elif err.matches(Gst.ResourceError.quark(), Gst.ResourceError.NOT_AUTHORIZED):
         fatal, hint = True, "credentials refused"
     elif err.matches(Gst.ResourceError.quark(), Gst.ResourceError.NOT_FOUND):
@@ -234,7 +239,7 @@ class FrameSource:
             all; channels must be 3; even frame sizes), or ``"auto"``: those I420 frames with their
             ``colorimetry``, for an RGB ``dp.Pixelizer`` to release with ``i420=frame.colorimetry`` (it converts
             them to RGB itself, cheaper than videoconvert), and RGB frames when the size is odd.
-        transport: ``"tcp"`` or ``"udp"`` for RTSP.
+        transport: ``"tcp"`` or ``"udp"`` for RTSP (``"udp"`` falls back to TCP where the camera refuses UDP).
         latency_ms: RTSP jitter-buffer latency.
         realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
             become wall-clock capture times. RTSP is always live.
@@ -293,7 +298,10 @@ class FrameSource:
         src = self.pipeline.get_by_name("src")
         if self.spec.kind == "rtsp":
             src.set_property("location", self.spec.location)
-            src.set_property("protocols", TRANSPORTS[transport])
+            # UDP falls back to TCP: a camera (or a firewall on the way) that refuses UDP transport would
+            # otherwise fail as "no supported stream", which reads like a codec problem and is never retried
+            protocols = TRANSPORTS[transport] | (TRANSPORTS["tcp"] if transport == "udp" else 0)
+            src.set_property("protocols", protocols)
             src.set_property("latency", int(latency_ms))
             src.set_property("tcp-timeout", int(tcp_timeout_s * 1_000_000))
             # UDP: if no packet arrives in this time rtspsrc retries over TCP; keep it short.

@@ -16,7 +16,7 @@ A malformed URI raises :class:`dp.ConfigError` before any pipeline is built; mes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -39,7 +39,9 @@ class SourceSpec:
     """A validated source. ``display`` is safe to log (credentials redacted)."""
 
     kind: str  # "rtsp" | "file" | "test"
-    location: str  # the URL (with credentials: never log it), a file path, or the pattern name
+    # the URL (with credentials: never log it), a file path, or the pattern name; kept out of repr(), which
+    # logs and tracebacks print
+    location: str = field(repr=False)
     display: str
     width: int | None = None
     height: int | None = None

@@ -39,15 +39,21 @@ class Ledger:
         self._spends: deque[tuple[float, Fraction]] = deque()
         self._total = Fraction(0)
         self._last_t: float | None = None
+        self._refundable: tuple[float, Fraction] | None = None  # the latest spend, until refunded
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Ledger(eps_window={self.eps_window!r}, window_s={self.window_s!r})"
 
-    def _expire(self, t_s: float) -> None:
+    def _expired(self, t_s: float) -> tuple[int, Fraction]:
+        """How many of the oldest spends fall before the window ending at `t_s`, and their total."""
         start = t_s - self.window_s
-        while self._spends and self._spends[0][0] < start:
-            self._total -= self._spends.popleft()[1]
+        n, total = 0, Fraction(0)
+        for s, c in self._spends:  # oldest first
+            if s >= start:
+                break
+            n, total = n + 1, total + c
+        return n, total
 
     @staticmethod
     def _cost(eps) -> Fraction:
@@ -73,12 +79,17 @@ class Ledger:
         cost = self._cost(eps)
         with self._lock:
             t = self._check_time(t_s)
-            self._expire(t)
-            if self._total + cost > self._limit:
+            # a refused spend forgets nothing: a later call may still come at an earlier time than this one
+            # (time only has to pass the last *spend*), and the spends this one would expire count there
+            n_old, old = self._expired(t)
+            if self._total - old + cost > self._limit:
                 return False
+            for _ in range(n_old):
+                self._spends.popleft()
             self._spends.append((t, cost))
-            self._total += cost
+            self._total += cost - old
             self._last_t = t
+            self._refundable = (t, cost)
             return True
 
     def refund(self, t_s: float, eps: float) -> bool:
@@ -86,13 +97,15 @@ class Ledger:
         existed (a refused frame), whose budget was never used. True when it was taken back.
 
         Only the caller that made the spend may refund it, and only while nothing of that release exists:
-        a refund after an output left would break the guarantee.
+        a refund after an output left would break the guarantee. So only the latest spend can come back,
+        once: after a refund the spend before it stays spent (its release may have left).
         """
         cost = self._cost(eps)
         t = _check_number("t_s", t_s, "give the time of the spend")
         with self._lock:
-            if not self._spends or self._spends[-1] != (t, cost):
+            if self._refundable != (t, cost) or not self._spends or self._spends[-1] != (t, cost):
                 return False
+            self._refundable = None
             self._spends.pop()
             self._total -= cost
             return True  # _last_t stays: later spends still may not come earlier than this one
@@ -113,9 +126,12 @@ class Ledger:
 
     def spent(self, t_s: float) -> float:
         """Epsilon spent in the window ending at `t_s`."""
+        t = _check_number("t_s", t_s, "give a time in seconds")
+        if not math.isfinite(t):  # a NaN would match no spend and report the whole budget left
+            raise ConfigError(f"t_s={t_s!r} must be a finite time in seconds")
         with self._lock:
-            start = float(t_s) - self.window_s
-            return float(sum((c for s, c in self._spends if start <= s <= t_s), Fraction(0)))
+            start = t - self.window_s
+            return float(sum((c for s, c in self._spends if start <= s <= t), Fraction(0)))
 
     def remaining(self, t_s: float) -> float:
         """Epsilon that a release at `t_s` could still spend."""

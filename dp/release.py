@@ -207,6 +207,8 @@ class Release:
     @classmethod
     def from_bytes(cls, data: bytes) -> Release:
         """Parse and fully check a release; `ReleaseFormatError` says what is wrong."""
+        if not isinstance(data, bytes | bytearray | memoryview):  # bytes(n) of an int would allocate n bytes
+            raise ReleaseFormatError(f"a release is bytes, not {type(data).__name__}")
         data = bytes(data)
         if len(data) < 4 or data[:4] != MAGIC:
             raise ReleaseFormatError("not a dpstream release (missing the DPSR magic bytes)")

@@ -45,6 +45,8 @@ def _check_number(name: str, value: object, hint: str) -> float:
         return float(value)
     except OverflowError:
         raise ConfigError(f"{name}={value!r} is too large; {hint}") from None
+    except ValueError:  # Decimal('sNaN') cannot become a float
+        raise ConfigError(f"{name}={value!r} is not a finite number; {hint}") from None
 
 
 def _check_eps(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -235,6 +237,9 @@ class PixelizeSpec:
     def replace(self, **changes: object) -> PixelizeSpec:
         """A validated copy with some settings changed (for live configuration)."""
         current = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        unknown = sorted(set(changes) - set(current))
+        if unknown:
+            raise ConfigError(f"PixelizeSpec has no setting {', '.join(unknown)}; use {', '.join(current)}")
         if current["layout"] == "fixed" and "layout" in changes and changes["layout"] != "fixed":
             current["block_size"], current["cell_sizes"] = 32, DEFAULT_CELL_SIZES
         current.update(changes)

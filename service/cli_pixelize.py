@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -244,8 +245,11 @@ def register(app: typer.Typer) -> None:
             frame = _load_image(input, spec.channels)
             rel = px.release(frame, camera_id=_camera_id(input), frame_index=0)
             if stats:
-                with _stats_writer(stats) as sw:
-                    sw.write(rel)
+                try:
+                    with _stats_writer(stats) as sw:
+                        sw.write(rel)
+                except OSError as exc:
+                    raise _fail(f"cannot write --stats {stats!r}: {exc.strerror or exc}") from None
             save_image(output, rel.reconstruct())
             console.print(_guarantee(spec, 1, ledger))
             return
@@ -260,6 +264,13 @@ def register(app: typer.Typer) -> None:
                                                  tls_ca_file=tls_ca_file)
         except DpstreamError as exc:
             raise _fail(str(exc)) from None
+        except OSError as exc:  # the stats file: disk full, I/O error (the video's errors are IngestError)
+            raise _fail(f"cannot write {_display(str(exc.filename or stats))!r}: {exc.strerror or exc}") from None
+        except KeyboardInterrupt as exc:  # the files were finished on the way out
+            signum = getattr(exc, "signum", signal.SIGINT)
+            console.print(f"[yellow]interrupted[/yellow] ({signal.Signals(signum).name}): {output} holds the frames "
+                          "released before it" + (f", {stats} their releases" if stats else ""))
+            raise typer.Exit(128 + signum) from None
         console.print(_guarantee(spec, released, ledger, frames_total=n))
         if ended:
             console.print(f"[yellow]warning:[/yellow] {ended}")
@@ -326,7 +337,7 @@ def register(app: typer.Typer) -> None:
                         progress.update(task, advance=1)
             finally:
                 if writer is not None:  # a corrupt release midway still leaves a playable file of the rest
-                    writer.close()
+                    _finish_video(writer, output)
             if writer is None:
                 raise _fail(f"{file!r} holds no release")
             console.print(f"rendered {count} releases to {output}")
@@ -338,8 +349,16 @@ def register(app: typer.Typer) -> None:
                         f"{exc.strerror or exc}") from None
 
 
-def _interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
+class _Interrupted(KeyboardInterrupt):
+    """A signal that stops `pixelize` as Ctrl-C does; the exit status is 128 + `signum` (143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame) -> None:
+    raise _Interrupted(signum)
 
 
 def _stats_writer(path: str):
@@ -402,10 +421,12 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
             for _, rel in pending:
                 _write_release(writer, rel)
     finally:
-        if writer is not None:
-            writer.close()
-        if stats_writer is not None:
-            stats_writer.close()
+        try:
+            if writer is not None:
+                _finish_video(writer, output)
+        finally:
+            if stats_writer is not None:
+                stats_writer.close()
     if n == 0:
         raise _fail(f"{_display(input)} delivered no frame")
     ended = ""
@@ -417,6 +438,17 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
                      + (f"--frames {max_frames}" if max_frames is not None else f"--duration {duration_s:g}")
                      + f"; {output} holds what arrived")
     return n, released, ended
+
+
+def _finish_video(writer, output: str) -> None:
+    """Close `writer`; if the file cannot be finished, remove it and say so (DpstreamError)."""
+    try:
+        writer.close()
+    except DpstreamError as exc:
+        # the muxer never wrote its index (disk full, say): a file that looks like a video but does not play
+        with contextlib.suppress(OSError):
+            os.remove(output)
+        raise DpstreamError(f"{str(exc).rstrip('.')}; the unfinished {output} was removed") from None
 
 
 def _video_writer(output, rel: Release, fps: float, quality: int | None):

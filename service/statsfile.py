@@ -27,12 +27,25 @@ class StatsWriter:
         self.count = 0
 
     def write(self, release: Release) -> None:
+        """Append one release and hand it to the OS: a run cut off later keeps every release written so far.
+        OSError (disk full, ...) carries this file's name."""
         data = release.to_bytes()
-        self._fh.write(struct.pack("<I", len(data)) + data)
+        try:
+            self._fh.write(struct.pack("<I", len(data)) + data)
+            self._fh.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, self.path) from None
         self.count += 1
 
     def close(self) -> None:
-        if not self._fh.closed:
+        if self._fh.closed:
+            return
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, self.path) from None
+        finally:
             self._fh.close()
 
     def __enter__(self) -> StatsWriter:
@@ -55,20 +68,27 @@ def read_releases(path: str | os.PathLike) -> Iterator[Release]:
             raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file truncated in its header ({len(head)} bytes)")
         if head[4] != VERSION:
             raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file version {head[4]} is not supported")
+        file_size = os.fstat(fh.fileno()).st_size
         index = 0
         while True:
+            offset = fh.tell()
             size = fh.read(4)
             if not size:
                 return
             if len(size) < 4:
-                raise ReleaseFormatError(f"{os.fspath(path)!r}: truncated after {index} releases")
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: truncated after {index} releases "
+                                         f"(at byte {offset}: {len(size)} of a 4-byte length)")
             (n,) = struct.unpack("<I", size)
+            # checked against the file before reading: a garbage length must not allocate gigabytes
+            if n > file_size - offset - 4:
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated (at byte {offset}: "
+                                         f"length {n}, {max(file_size - offset - 4, 0)} bytes left)")
             data = fh.read(n)
             if len(data) < n:
-                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated")
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated (at byte {offset})")
             try:
                 release = Release.from_bytes(data)
             except ReleaseFormatError as exc:
-                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index}: {exc}") from None
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} (at byte {offset}): {exc}") from None
             yield release
             index += 1

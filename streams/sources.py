@@ -83,9 +83,10 @@ def _parse_rtsp(uri: str) -> SourceSpec:
         parts = urlsplit(uri)
     except ValueError as exc:  # an unbalanced IPv6 bracket: the message quotes no part of the URL
         raise ConfigError(f"source {display!r}: malformed RTSP URL ({exc}); expected rtsp://host[:port]/path") from None
-    if "@" in parts.path + parts.query + parts.fragment:
+    if "@" in parts.path + parts.query + parts.fragment or parts.netloc.count("@") > 1:
         # rtsp://user:pa/ss@host/ parses as host 'user', port 'pa' and a path: a password was meant. Checked
-        # before the port, whose error would quote the 'pa'.
+        # before the port, whose error would quote the 'pa'. In rtsp://user:p@ss@host/ Python ends the
+        # password at the last '@' and GStreamer at the first (host 'ss@host'): refused too.
         raise ConfigError(
             f"source {display!r}: malformed RTSP URL, '@' after the host; percent-encode '/', '?', '#' and '@' "
             "in a user name or password (%2F, %3F, %23, %40), and '@' in a path (%40)"

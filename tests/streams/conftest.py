@@ -9,6 +9,7 @@ import pytest
 
 from streams.rtsp_server import LocalRtspServer
 from streams.testing import ServerProcess
+from streams.worker import CameraWorker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,3 +50,12 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for proc in made:
         proc.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[CameraWorker]]:
+    """Append each CameraWorker a test starts: every one is stopped afterwards, even when the test fails."""
+    made: list[CameraWorker] = []
+    yield made
+    for worker in made:
+        worker.stop()

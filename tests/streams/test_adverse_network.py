@@ -18,14 +18,6 @@ from gi.repository import GstRtsp  # noqa: E402
 SPEC = PixelizeSpec(eps_pix=1.0, m_pixels=16, channels=3, layout="fixed", cell_size=16)
 
 
-@pytest.fixture
-def workers():
-    made: list[CameraWorker] = []
-    yield made
-    for worker in made:
-        worker.stop()
-
-
 def serve_tcp_only(server, mount: str) -> None:
     """A camera that refuses RTP over UDP (461 Unsupported transport), as one behind a UDP-blocking firewall."""
     factory = GstRtspServer.RTSPMediaFactory.new()

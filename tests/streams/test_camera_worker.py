@@ -56,14 +56,6 @@ def make_worker(url: str, sinks, **kwargs) -> CameraWorker:
     return CameraWorker("lobby", url, kwargs.pop("spec", SPEC), sinks=sinks, **kwargs)
 
 
-@pytest.fixture
-def workers():
-    made: list[CameraWorker] = []
-    yield made
-    for worker in made:
-        worker.stop()
-
-
 def test_happy_path_from_rtsp_server_into_releases(rtsp_server, workers):
     rtsp_server.serve_test_pattern("/cam", width=320, height=240, fps=30)
     sink, health = Collect(), HealthLog()

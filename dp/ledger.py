@@ -45,10 +45,10 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger(eps_window={self.eps_window!r}, window_s={self.window_s!r})"
 
-    def _expired(self, t_s: float) -> tuple[int, Fraction]:
+    def _expired(self, t_s: float) -> tuple[int, Fraction | int]:
         """How many of the oldest spends fall before the window ending at `t_s`, and their total."""
         start = t_s - self.window_s
-        n, total = 0, Fraction(0)
+        n, total = 0, 0
         for s, c in self._spends:  # oldest first
             if s >= start:
                 break
@@ -65,10 +65,15 @@ class Ledger:
             return eps
         return exact_epsilon(_check_eps("eps", eps))
 
-    def _check_time(self, t_s: float) -> float:
+    @staticmethod
+    def _finite_time(t_s: float) -> float:
         t = _check_number("t_s", t_s, "give a time in seconds")
-        if t != t or t in (float("inf"), float("-inf")):
+        if not math.isfinite(t):  # a NaN would match no spend: the whole budget would look unspent
             raise ConfigError(f"t_s={t_s!r} must be a finite time in seconds")
+        return t
+
+    def _check_time(self, t_s: float) -> float:
+        t = self._finite_time(t_s)
         if self._last_t is not None and t < self._last_t:
             raise ConfigError(f"t_s={t} is earlier than the last spend at {self._last_t}; use a monotonic clock")
         return t
@@ -82,12 +87,13 @@ class Ledger:
             # a refused spend forgets nothing: a later call may still come at an earlier time than this one
             # (time only has to pass the last *spend*), and the spends this one would expire count there
             n_old, old = self._expired(t)
-            if self._total - old + cost > self._limit:
+            kept = self._total - old if n_old else self._total  # no Fraction arithmetic on most frames
+            if kept + cost > self._limit:
                 return False
             for _ in range(n_old):
                 self._spends.popleft()
             self._spends.append((t, cost))
-            self._total += cost - old
+            self._total = kept + cost
             self._last_t = t
             self._refundable = (t, cost)
             return True
@@ -103,7 +109,7 @@ class Ledger:
         cost = self._cost(eps)
         t = _check_number("t_s", t_s, "give the time of the spend")
         with self._lock:
-            if self._refundable != (t, cost) or not self._spends or self._spends[-1] != (t, cost):
+            if self._refundable != (t, cost):  # set by the last accepted spend, the last in _spends
                 return False
             self._refundable = None
             self._spends.pop()
@@ -126,9 +132,7 @@ class Ledger:
 
     def spent(self, t_s: float) -> float:
         """Epsilon spent in the window ending at `t_s`."""
-        t = _check_number("t_s", t_s, "give a time in seconds")
-        if not math.isfinite(t):  # a NaN would match no spend and report the whole budget left
-            raise ConfigError(f"t_s={t_s!r} must be a finite time in seconds")
+        t = self._finite_time(t_s)
         with self._lock:
             start = t - self.window_s
             return float(sum((c for s, c in self._spends if start <= s <= t), Fraction(0)))

@@ -3,7 +3,12 @@
 The sum of eps over the releases in any window of `window_s` seconds stays at or under `eps_window`. Sums
 are exact (epsilons are the decimals the operator wrote, see dp.spec.exact_epsilon), so 0.3 holds three
 releases of 0.1 and no rounding can ever let a window overspend. Windows are closed intervals: spends at
-exactly `t` and `t - window_s` count together, the conservative reading.
+exactly `t` and `t - window_s` count together, the conservative reading, and exactly: a spend at `s` is in
+the window ending at `t` when `t - s <= window_s` as real numbers, not as rounded floats.
+
+The ledger drops a spend once it has left the window, and keeps the time of the latest spend it dropped. A
+window that `reconfigure` makes longer may reach back to that time: the spends there are no longer counted,
+so nothing is spent until the window has moved past it (at most the difference of the two windows).
 """
 
 from __future__ import annotations
@@ -40,17 +45,33 @@ class Ledger:
         self._total = Fraction(0)
         self._last_t: float | None = None
         self._refundable: tuple[float, Fraction] | None = None  # the latest spend, until refunded
+        self._latest_dropped: float | None = None  # time of the latest spend dropped from _spends
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Ledger(eps_window={self.eps_window!r}, window_s={self.window_s!r})"
 
+    @staticmethod
+    def _in_window(t: float, s: float, window_s: float) -> bool:
+        """Whether a spend at `s` lies in the closed window of `window_s` ending at `t`, exactly: `t - s`
+        rounded decides unless it rounds to `window_s` itself (rounding is monotone), and then the rounding
+        error, which Knuth's TwoSum gives exactly (`t - s == d + err` as real numbers)."""
+        d = t - s
+        if d != window_s:
+            return d < window_s
+        back = d - t
+        err = (t - (d - back)) + (-s - back)
+        return err <= 0
+
+    def _reaches_dropped(self, t: float) -> bool:
+        """Whether the window ending at `t` may hold spends the ledger has dropped (see the module doc)."""
+        return self._latest_dropped is not None and self._in_window(t, self._latest_dropped, self.window_s)
+
     def _expired(self, t_s: float) -> tuple[int, Fraction | int]:
         """How many of the oldest spends fall before the window ending at `t_s`, and their total."""
-        start = t_s - self.window_s
         n, total = 0, 0
         for s, c in self._spends:  # oldest first
-            if s >= start:
+            if self._in_window(t_s, s, self.window_s):  # spends come no later than t_s (_check_time)
                 break
             n, total = n + 1, total + c
         return n, total
@@ -84,16 +105,18 @@ class Ledger:
         cost = self._cost(eps)
         with self._lock:
             t = self._check_time(t_s)
+            if self._reaches_dropped(t):
+                return False
             # a refused spend forgets nothing: a later call may still come at an earlier time than this one
             # (time only has to pass the last *spend*), and the spends this one would expire count there
             n_old, old = self._expired(t)
-            kept = self._total - old if n_old else self._total  # no Fraction arithmetic on most frames
-            if kept + cost > self._limit:
+            total = (self._total - old if n_old else self._total) + cost
+            if total > self._limit:
                 return False
             for _ in range(n_old):
-                self._spends.popleft()
+                self._latest_dropped = self._spends.popleft()[0]
             self._spends.append((t, cost))
-            self._total = kept + cost
+            self._total = total
             self._last_t = t
             self._refundable = (t, cost)
             return True
@@ -119,7 +142,9 @@ class Ledger:
     def reconfigure(self, eps_window: float, window_s: float) -> None:
         """Change the budget and window in place (live configuration); spends already made stay counted.
 
-        Replacing the ledger instead could lose a spend made concurrently on the old one.
+        Replacing the ledger instead could lose a spend made concurrently on the old one. A longer window
+        spends nothing while it still reaches back to spends the shorter one had dropped (at most the
+        difference of the two windows): the ledger cannot count what it no longer holds.
         """
         probe = Ledger(eps_window, window_s)  # validates both values
         with self._lock:
@@ -131,15 +156,22 @@ class Ledger:
         return self._last_t
 
     def spent(self, t_s: float) -> float:
-        """Epsilon spent in the window ending at `t_s`."""
+        """Epsilon spent in the window ending at `t_s`, of the spends the ledger holds (see `remaining`)."""
         t = self._finite_time(t_s)
         with self._lock:
-            start = t - self.window_s
-            return float(sum((c for s, c in self._spends if start <= s <= t), Fraction(0)))
+            return float(self._spent(t))
+
+    def _spent(self, t: float) -> Fraction:
+        return sum((c for s, c in self._spends if s <= t and self._in_window(t, s, self.window_s)), Fraction(0))
 
     def remaining(self, t_s: float) -> float:
-        """Epsilon that a release at `t_s` could still spend."""
-        return max(self.eps_window - self.spent(t_s), 0.0)
+        """Epsilon that a release at `t_s` could still spend: none while the window reaches back to spends
+        the ledger has dropped (after `reconfigure` made it longer)."""
+        t = self._finite_time(t_s)
+        with self._lock:
+            if self._reaches_dropped(t):
+                return 0.0
+            return max(float(self._limit - self._spent(t)), 0.0)
 
     def to_dict(self) -> dict:
         """JSON-safe state (for the store); epsilons as exact decimal strings."""
@@ -148,6 +180,7 @@ class Ledger:
                 "eps_window": self.eps_window,
                 "window_s": self.window_s,
                 "spends": [[t, f"{c.numerator}/{c.denominator}"] for t, c in self._spends],
+                "latest_dropped": self._latest_dropped,  # None: nothing dropped yet
             }
 
     @classmethod
@@ -162,6 +195,16 @@ class Ledger:
                 ledger._spends.append((when, cost))
                 ledger._total += cost
                 ledger._last_t = when
+            if state.get("latest_dropped") is not None:
+                dropped = float(state["latest_dropped"])
+                # spends are dropped oldest first; a later time, or none, would hide spends still counted
+                if not math.isfinite(dropped) or (ledger._spends and dropped > ledger._spends[0][0]):
+                    raise ValueError(f"latest_dropped={dropped!r} is not a finite time before the spends held")
+                ledger._latest_dropped = dropped
+            elif "latest_dropped" not in state and ledger._last_t is not None:
+                # stored before the field existed: that ledger had dropped what its window let go at its last
+                # spend, so at worst a spend just outside the window ending there
+                ledger._latest_dropped = ledger._last_t - ledger.window_s
         except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
             raise ConfigError(f"ledger state is malformed: {exc}") from None
         return ledger

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import secrets
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,3 +16,9 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def key() -> bytes:
     return secrets.token_bytes(32)
+
+
+def within(t: float, s: float, window_s: float) -> bool:
+    """Whether a spend at `s` lies in the closed window of `window_s` seconds ending at `t`, in exact arithmetic
+    (the truth the ledger's tests check it against)."""
+    return 0 <= Fraction(t) - Fraction(s) <= Fraction(window_s)

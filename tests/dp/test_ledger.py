@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from dp import ConfigError, Ledger
 from dp.spec import exact_epsilon
+from tests.dp.conftest import within
 
 eps_values = st.sampled_from([0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0, 1.5, 2.0])
 
@@ -26,7 +27,7 @@ def test_no_sequence_of_releases_overspends_any_window(eps_window, window_s, ste
     accepted: list[tuple[float, Fraction]] = []
     for dt, eps in steps:
         t += dt
-        before = [(s, c) for s, c in accepted if s >= t - window_s]
+        before = [(s, c) for s, c in accepted if within(t, s, window_s)]
         fits = sum((c for _, c in before), Fraction(0)) + exact_epsilon(eps) <= exact_epsilon(eps_window)
         ok = ledger.try_spend(t, eps)
         assert ok == fits  # refuses exactly what would overspend the window ending now
@@ -34,7 +35,7 @@ def test_no_sequence_of_releases_overspends_any_window(eps_window, window_s, ste
             accepted.append((t, exact_epsilon(eps)))
     # every closed window [a, a + W] starting at an accepted spend stays within budget
     for start, _ in accepted:
-        total = sum((c for s, c in accepted if start <= s <= start + window_s), Fraction(0))
+        total = sum((c for s, c in accepted if within(s, start, window_s)), Fraction(0))
         assert total <= exact_epsilon(eps_window)
 
 
@@ -58,10 +59,10 @@ def test_refunds_of_unreleased_frames_never_let_the_releases_overspend(eps_windo
             assert ledger.refund(ledger.last_spend_s, eps)
         else:
             released.append((t, exact_epsilon(eps)))
-        assert ledger.spent(t) == pytest.approx(float(sum((c for s, c in released if s >= t - window_s),
-                                                          Fraction(0))))
+        in_window = sum((c for s, c in released if within(t, s, window_s)), Fraction(0))
+        assert ledger.spent(t) == pytest.approx(float(in_window))
     for start, _ in released:
-        total = sum((c for s, c in released if start <= s <= start + window_s), Fraction(0))
+        total = sum((c for s, c in released if within(s, start, window_s)), Fraction(0))
         assert total <= exact_epsilon(eps_window)
 
 

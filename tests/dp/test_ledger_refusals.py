@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from dp import ConfigError, Ledger
 from dp.spec import exact_epsilon
+from tests.dp.conftest import within
 
 
 def assert_no_window_overspends(accepted: list[tuple[float, Fraction]], eps_window: float, window_s: float) -> None:
     for start, _ in accepted:
-        total = sum((c for s, c in accepted if start <= s <= start + window_s), Fraction(0))
+        total = sum((c for s, c in accepted if within(s, start, window_s)), Fraction(0))
         assert total <= exact_epsilon(eps_window), (start, accepted)
 
 

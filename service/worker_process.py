@@ -10,6 +10,10 @@ While Redis is unreachable the cameras keep running: releases queue in the publi
 renewed, and when Redis comes back a lease that expired meanwhile is taken again if nobody else holds it.
 A worker whose liveness expired meanwhile claims no other camera for one lease TTL, so that peers still
 reconnecting get theirs back instead of seeing them move.
+
+No log line or status holds a camera's credentials: every error text passes through `service.redaction`
+with the secrets of the cameras it may be about. A stored config this worker cannot read (written by hand,
+or by another dpstream version) is skipped, with its error, never quoted with its values.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import os
 import socket
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pydantic import ValidationError
 
 from dp.errors import ConfigError, StoreUnavailable
 from service.metrics import LEASES_HELD, REDIS_ERRORS, forget_camera
 from service.models import Camera
 from service.publisher import ReleasePublisher
-from service.redaction import redact_text
+from service.redaction import redact_text, url_secrets
 from service.settings import Settings
 from service.store import SyncStore
 
@@ -46,10 +53,12 @@ class CameraRunner(Protocol):
 
 
 class FailedRunner:
-    """Stands in for a camera whose runner could not be built: reports FAILED until its config changes."""
+    """Stands in for a camera whose runner could not be built: reports FAILED until its config changes, or,
+    when `retry` (the store could not be read), until the worker's next heartbeat builds it."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    def __init__(self, reason: str, *, retry: bool = False) -> None:
+        self.reason = reason  # already redacted
+        self.retry = retry
 
     def stop(self) -> None:
         pass
@@ -81,6 +90,22 @@ def start_rtsp_server(settings: Settings, port: int, *, any_port_if_taken: bool 
             raise
         log.warning("RTSP port %s is taken; using a free port", port)
         return start(0)
+
+
+def redacted_error(err: BaseException, *cameras: Camera | None, with_traceback: bool = False) -> str:
+    """`err` as text for a log line or a status, with the credentials of `cameras` (and any URL's) taken out.
+
+    A config pydantic refuses is described by field and message only: its error text quotes the values.
+    """
+    secrets = [s for cam in cameras if cam is not None for s in url_secrets(cam.source)]
+    if isinstance(err, ValidationError):
+        text = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+        text = f"{err.error_count()} invalid field(s): {text}"
+    elif with_traceback:
+        text = "".join(traceback.format_exception(err)).rstrip()
+    else:
+        text = str(err) or type(err).__name__
+    return redact_text(text, *secrets)
 
 
 def default_worker_id() -> str:
@@ -132,6 +157,7 @@ class WorkerProcess:
         self._next_wait_s = settings.heartbeat_interval_s
         self._joined = False  # a heartbeat has marked this worker alive
         self._rejoin_until = 0.0  # monotonic time until which we claim no camera we do not hold
+        self._unreadable: dict[str, tuple[str, float]] = {}  # camera id -> (redacted error, unix time)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,9 +208,10 @@ class WorkerProcess:
                 self.tick()
             except StoreUnavailable as err:
                 REDIS_ERRORS.labels("worker").inc()
-                log.warning("heartbeat failed worker_id=%s: %s", self.worker_id, err)
-            except Exception:  # a bug in one tick must not kill the worker; log and carry on
-                log.exception("heartbeat crashed worker_id=%s", self.worker_id)
+                log.warning("heartbeat failed worker_id=%s: %s", self.worker_id, redacted_error(err))
+            except Exception as err:  # a bug in one tick must not kill the worker; log and carry on
+                log.error("heartbeat crashed worker_id=%s: %s", self.worker_id,
+                          redacted_error(err, *self._owned_cameras(), with_traceback=True))
             self._wake.wait(max(0.02, self._next_wait_s))
             self._wake.clear()
 
@@ -198,6 +225,7 @@ class WorkerProcess:
                     log.warning("lease lost camera_id=%s owner=%s", cid, self.store.lease_owner(cid))
                     self._drop(cid, release_lease=False)
         ids = self.store.camera_ids()
+        self._unreadable = {cid: e for cid, e in self._unreadable.items() if cid in ids}
         self._reconcile(ids)
         self._trim_idle()
         self._claim(ids)
@@ -240,14 +268,36 @@ class WorkerProcess:
                 self.renew()
             except StoreUnavailable as err:
                 REDIS_ERRORS.labels("worker").inc()
-                log.warning("lease renewal failed worker_id=%s: %s", self.worker_id, err)
-            except Exception:
-                log.exception("lease renewal crashed worker_id=%s", self.worker_id)
+                log.warning("lease renewal failed worker_id=%s: %s", self.worker_id, redacted_error(err))
+            except Exception as err:
+                log.error("lease renewal crashed worker_id=%s: %s", self.worker_id,
+                          redacted_error(err, *self._owned_cameras(), with_traceback=True))
+
+    def _owned_cameras(self) -> list[Camera]:
+        return [o.camera for o in list(self._owned.values())]
+
+    def _read_camera(self, cid: str) -> tuple[Camera | None, bool]:
+        """(the stored config or None, whether it was unreadable). An unreadable one is logged once per
+        distinct error, redacted, and reported on the camera's status while this worker runs it."""
+        try:
+            cam = self.store.get_camera(cid)
+        except ValidationError as err:
+            owned = self._owned.get(cid)
+            reason = redacted_error(err, owned.camera if owned else None)
+            if self._unreadable.get(cid, ("",))[0] != reason:
+                log.warning("camera config unreadable camera_id=%s: %s; %s", cid, reason,
+                            "keeping the version it runs" if owned else "not claiming it")
+                self._unreadable[cid] = (reason, time.time())
+            return None, True
+        self._unreadable.pop(cid, None)
+        return cam, False
 
     def _reconcile(self, ids: list[str]) -> None:
         with self._lock:
             for cid in list(self._owned):
-                cam = self.store.get_camera(cid) if cid in ids else None
+                cam, unreadable = self._read_camera(cid) if cid in ids else (None, False)
+                if unreadable:
+                    continue  # keep running the version we have (see _report)
                 if cam is None:
                     log.info("camera removed camera_id=%s", cid)
                     self._drop(cid, release_lease=True)
@@ -255,6 +305,8 @@ class WorkerProcess:
                 elif (cam.incarnation, cam.version) != (self._owned[cid].camera.incarnation,
                                                         self._owned[cid].camera.version):
                     self._apply(cid, cam)
+                elif isinstance(runner := self._owned[cid].runner, FailedRunner) and runner.retry:
+                    self._owned[cid].runner = self._make_runner(cam, previous=runner)  # the store is back, maybe
 
     def _trim_idle(self) -> None:
         """retention_s holds for cameras that stopped releasing too (disabled, failing): appends trim only
@@ -296,7 +348,7 @@ class WorkerProcess:
                 break
             if cid not in unleased or (len(self._owned) >= target and cid not in overdue):
                 continue
-            cam = self.store.get_camera(cid)
+            cam, _unreadable = self._read_camera(cid)  # an unreadable one is left to a worker that can read it
             if cam is None or not self.store.acquire_lease(cid, self.worker_id, self.settings.lease_ttl_s):
                 continue
             self._start_camera(cam)
@@ -314,13 +366,20 @@ class WorkerProcess:
             self._owned[cam.id] = Owned(cam, runner)
         log.info("camera claimed camera_id=%s worker_id=%s", cam.id, self.worker_id)
 
-    def _make_runner(self, cam: Camera) -> CameraRunner:
+    def _make_runner(self, cam: Camera, previous: FailedRunner | None = None) -> CameraRunner:
         try:
             return self._runner_factory(cam)
         except Exception as err:  # a bad camera is a FAILED state held by this worker, never a crash
-            reason = redact_text(str(err))
-            log.warning("camera failed to start camera_id=%s: %s", cam.id, reason)
-            return FailedRunner(reason)
+            reason = redacted_error(err, cam)
+            retry = isinstance(err, StoreUnavailable)  # e.g. its ledger could not be read: never start without it
+            failed = FailedRunner(
+                f"config version {cam.version} could not start: {reason}; " + (
+                    "retrying at every heartbeat" if retry else "a later config version tries again"),
+                retry=retry)
+            repeated = previous is not None and previous.reason == failed.reason  # a retry failing the same way
+            log.log(logging.DEBUG if repeated else logging.WARNING, "camera failed to start camera_id=%s "
+                    "version=%s: %s", cam.id, cam.version, reason)
+            return failed
 
     def _apply(self, cid: str, cam: Camera) -> None:
         owned = self._owned.get(cid)
@@ -336,11 +395,11 @@ class WorkerProcess:
             return
         try:
             owned.runner.apply(cam)
-            owned.camera = cam
             log.info("camera config applied camera_id=%s version=%s", cid, cam.version)
-        except Exception as err:
-            log.warning("camera config not applied camera_id=%s version=%s: %s", cid, cam.version, err)
-            owned.camera = cam  # do not retry the same version every heartbeat
+        except Exception as err:  # the runner's status says what happened to the camera (see CameraRunner)
+            log.warning("camera config not applied camera_id=%s version=%s: %s", cid, cam.version,
+                        redacted_error(err, cam, owned.camera))
+        owned.camera = cam  # applied or not, do not retry the same version every heartbeat
 
     def _drop(self, cid: str, *, release_lease: bool) -> None:
         """Stop a camera. With `release_lease` (a graceful hand-over) its queued releases are stored first,
@@ -351,8 +410,9 @@ class WorkerProcess:
         if owned is not None:
             try:
                 owned.runner.stop()
-            except Exception:
-                log.exception("camera stop failed camera_id=%s", cid)
+            except Exception as err:
+                log.error("camera stop failed camera_id=%s: %s", cid,
+                          redacted_error(err, owned.camera, with_traceback=True))
         if not release_lease:
             self.publisher.discard_camera(cid)  # another worker holds it: these would be refused anyway
             forget_camera(cid)
@@ -371,6 +431,11 @@ class WorkerProcess:
             owned = list(self._owned.items())
         for cid, o in owned:
             doc = o.runner.status()
+            if cid in self._unreadable:  # the store holds a version we cannot read: say we still run ours
+                reason, since_s = self._unreadable[cid]
+                doc["last_error"] = (f"the stored config is unreadable ({reason}); still running version "
+                                     f"{o.camera.version}")
+                doc["last_error_s"] = since_s
             doc["updated_s"] = time.time()
             self.store.set_status(cid, doc, ttl_s=self.settings.lease_ttl_s * 3)
 
@@ -388,7 +453,7 @@ class WorkerProcess:
                         self._on_config_message(msg["data"])
             except Exception as err:  # redis down: retry; the heartbeat reconciles what we missed
                 if not self._stop.is_set():
-                    log.debug("config subscription lost: %s", err)
+                    log.debug("config subscription lost: %s", redacted_error(err, *self._owned_cameras()))
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
             finally:
@@ -414,7 +479,7 @@ class WorkerProcess:
             return
         try:
             cam = self.store.get_camera(cid)
-        except StoreUnavailable:
+        except (StoreUnavailable, ValidationError):  # the heartbeat reads it again, and reports what it finds
             return
         if cam is not None:
             with self._lock:

@@ -31,9 +31,20 @@ Health (``streams.health.HealthState``) is derived on a supervisor thread from t
 arrivals: STARTING while dp's kernels compile (the pipeline starts after that) and until the first frame, STREAMING, STALLED after ``stall_timeout_s`` without a frame
 (the pipeline is rebuilt after another ``stall_timeout_s``), RECONNECTING while retrying with exponential
 backoff and jitter, FAILED for errors retrying will not fix soon (malformed URL: no retry; refused
-credentials, missing stream, unsupported codec: retried every ``failed_retry_s``), DISABLED after
-``stop()``. Every reason is redacted. ``on_health_change(old, new)`` is called on the supervisor thread
+credentials, missing stream, unsupported codec, a video file whose attempts ended three times in a row
+before its first frame: retried every ``failed_retry_s``), DISABLED after ``stop()``. A camera's decode
+errors pass (the network, the camera), so they are retried with backoff however often they recur; a corrupt
+file fails the same way every time. A file that plays to its end (or to an error, after frames) is played
+again. Every reason is redacted. ``on_health_change(old, new)`` is called on the supervisor thread
 (and on the caller's thread by ``stop()``).
+
+Compiling: dp's kernels are compiled (or loaded from Numba's on-disk cache) before the pipeline starts,
+on a compile thread of their own. A compile cannot be interrupted, and on a cold cache it takes tens of
+seconds, so ``stop()`` does not wait for it: it returns at once, and the compile thread finishes the one
+warm-up release it is in (on black scratch frames, delivering nothing and touching no state of the worker)
+and then ends. At interpreter exit, a dp call in flight on any worker thread (that compile, or a release
+compiling a new kind of frame) is waited for and no new one starts, because an interpreter finalized under
+a compile can crash; what was compiled is in Numba's cache for the next start.
 
 Timestamps: ``Release.timestamp_s`` is the capture time in Unix seconds (files and test patterns are
 played in real time, like a camera; with ``realtime=False`` they carry media time instead). For RTSP the
@@ -43,6 +54,7 @@ The ledger is charged at the capture time, kept monotonic.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -68,6 +80,64 @@ __all__ = ["CameraHealth", "CameraWorker", "HealthState", "WorkerStats"]
 
 Sink = Callable[[Release], None]
 _LATENCY_WINDOW = 1024  # recent capture-to-release latencies kept for percentiles
+_FILE_ATTEMPTS = 3  # a video file whose attempts end this often in a row before any frame is FAILED
+_EXIT_WAIT_S = 300.0  # at exit, the longest wait for dp calls in flight (a cold compile: tens of seconds)
+log = logging.getLogger(__name__)
+
+
+class _InterpreterExiting(Exception):
+    """A dp call was refused because the interpreter is exiting (see :class:`_DpCalls`)."""
+
+
+class _DpCalls:
+    """The dp calls in flight on the workers' threads, so that the interpreter never finalizes under one.
+
+    A dp call cannot be interrupted, and the first one of its kind compiles Numba kernels: tens of seconds on
+    a cold cache. A daemon thread still inside LLVM (or inside a kernel) while the interpreter tears down
+    can crash the process at exit. So at exit new calls are refused and the ones in flight are waited for.
+    The exit hook is registered at the first call, after numba's and llvmlite's own (dp imports numba
+    first), so it runs before theirs.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
+        self._hooked = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def run(self, fn: Callable, /, *args, **kwargs):
+        """``fn(*args, **kwargs)``; raises :class:`_InterpreterExiting` instead once the interpreter exits."""
+        with self._cv:
+            if self._closed:
+                raise _InterpreterExiting
+            if not self._hooked:
+                atexit.register(self._drain)
+                self._hooked = True
+            self._in_flight += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._cv:
+                self._in_flight -= 1
+                if self._closed:  # only the exit hook ever waits
+                    self._cv.notify_all()
+
+    def _drain(self) -> None:
+        with self._cv:
+            self._closed = True
+            if self._in_flight:
+                log.info("waiting for %d dp call(s) in flight (compiling dp's kernels) before exiting",
+                         self._in_flight)
+            if not self._cv.wait_for(lambda: self._in_flight == 0, _EXIT_WAIT_S):
+                log.warning("exiting with %d dp call(s) still in flight after %.0f s", self._in_flight,
+                            _EXIT_WAIT_S)
+
+
+_DP_CALLS = _DpCalls()
 
 
 @dataclass(frozen=True)
@@ -344,13 +414,20 @@ class CameraWorker:
                 return
             self._started = True
         self._health.set(HealthState.STARTING, "preparing the privacy kernels")
+        # Not joined by stop(): see "Compiling" in the module docstring.
+        threading.Thread(target=self._warm_up, name=f"dpstream-{self.camera_id}-compile", daemon=True).start()
         for target, name in ((self._supervise, "supervisor"), (self._release_loop, "release")):
             thread = threading.Thread(target=target, name=f"dpstream-{self.camera_id}-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop ingesting and releasing; join every thread; leave the pipeline in NULL. Idempotent."""
+        """Stop ingesting and releasing; join the worker's threads; leave the pipeline in NULL. Idempotent.
+
+        Returns promptly also while dp's kernels are still compiling: the compile finishes in the background
+        and nothing is released (see "Compiling" in the module docstring). ``timeout_s`` bounds each join
+        (a sink that blocks longer is left behind).
+        """
         with self._lifecycle_lock:
             if self._stopped:
                 return
@@ -455,7 +532,7 @@ class CameraWorker:
     # --- supervisor thread -------------------------------------------------------------------------
     def _supervise(self) -> None:
         try:
-            parse_source(self._uri)
+            is_file = parse_source(self._uri).kind == "file"
         except DpstreamError as exc:
             self._health.set(HealthState.FAILED, self._redact(str(exc)))
             return
@@ -464,8 +541,11 @@ class CameraWorker:
         while not self._dp_ready.wait(0.1):
             if self._stop.is_set():
                 return
+        if self._stop.is_set() or _DP_CALLS.closed:  # stopped, or the interpreter exits, during the warm-up
+            return
         self._health.set(HealthState.STARTING, f"connecting to {self.source_display}")
         attempt = 0
+        frameless = 0  # a file's attempts in a row that ended before its first frame
         while not self._stop.is_set():
             outcome, reason = self._run_pipeline_once()
             if self._stop.is_set():
@@ -474,6 +554,13 @@ class CameraWorker:
                 attempt = 1  # it worked before: retry fast
             else:
                 attempt += 1
+            frameless = frameless + 1 if outcome == "error" else 0
+            if is_file and frameless >= _FILE_ATTEMPTS:
+                # A camera's errors pass (the network, the camera's encoder), a file's come back the same way
+                # every time: say so and retry slowly (the file may be replaced), instead of every few seconds.
+                outcome = "fatal"
+                reason = (f"the file cannot be played ({_FILE_ATTEMPTS} attempts in a row ended before its first "
+                          f"frame): {reason}")
             with self._stats_lock:
                 self._c["reconnects"] += 1
             if outcome == "eos-loop":
@@ -517,13 +604,17 @@ class CameraWorker:
             while not self._stop.is_set():
                 event = source.poll_bus(0.1)
                 if event is not None:
+                    # frames may have arrived since the last look (a short clip can end within one poll)
+                    streamed = streamed or self._last_frame_mono >= started
                     if event.kind == "error":
                         return (
                             "fatal" if event.fatal else ("streamed" if streamed else "error")
                         ), event.reason
                     if event.kind == "eos":
-                        if is_file:
+                        if is_file and streamed:
                             return "eos-loop", "end of file"
+                        if is_file:  # looping it again at once would only spin
+                            return "error", "the source ended before its first frame (no decodable video)"
                         return ("streamed" if streamed else "error"), "the server ended the stream"
                     if event.kind == "warning":
                         self.log.warning("camera %s: %s", self.camera_id, event.reason)
@@ -589,13 +680,17 @@ class CameraWorker:
     def _warm_up(self) -> None:
         """Compile dp's kernels before the first real frame, so it is not dropped while they compile.
 
-        Separate Pixelizers on black frames: nothing is delivered, no budget is spent and the camera's own
-        Pixelizer state (the previous release, for layout='previous') is untouched. The camera's own spec
-        first, released twice (the second release takes an adaptive layout's path from the first), on a
-        frame of 2x2 macro-blocks; a spec that frame cannot serve (an operator's layout map) falls back to
-        fixed 16 px cells, which load the kernels every layout shares.
+        Runs on the compile thread (see "Compiling" in the module docstring). Separate Pixelizers on black
+        frames: nothing is delivered, no budget is spent and the camera's own Pixelizer state (the previous
+        release, for layout='previous') is untouched. The camera's own spec first, released twice (the
+        second release takes an adaptive layout's path from the first), on a frame of 2x2 macro-blocks; a
+        spec that frame cannot serve (an operator's layout map) falls back to fixed 16 px cells, which load
+        the kernels every layout shares. Between releases it checks for ``stop()``: a stopped worker starts
+        no further compile.
         """
         try:
+            self._lower_release_priority()  # the release thread's settings: this is its work, done early
+            self._limit_dp_threads()
             backend = self._pixelizer.backend
             side = 2 * max(self._spec.block_size, 16)
             # frames arrive as the pipeline delivers them: I420 for yuv420, and for RGB too (dp converts them)
@@ -608,9 +703,13 @@ class CameraWorker:
             for spec in (self._spec, fallback):
                 try:
                     warm = Pixelizer(spec, backend=backend)
-                    warm.release(scratch, i420=i420)
-                    warm.release(scratch, i420=i420)
+                    for _ in range(2):
+                        if self._stop.is_set():
+                            return
+                        _DP_CALLS.run(warm.release, scratch, i420=i420)
                     break
+                except _InterpreterExiting:
+                    return
                 except Exception:
                     self.log.debug("camera %s: warm-up (%s layout) failed", self.camera_id, spec.layout,
                                    exc_info=True)
@@ -641,7 +740,7 @@ class CameraWorker:
     def _release_loop(self) -> None:
         self._lower_release_priority()
         self._limit_dp_threads()
-        self._warm_up()
+        # No frame arrives before the compile thread is done: the supervisor starts the pipeline after it.
         while True:
             with self._queue_cv:
                 while not self._queue and not self._stop.is_set():
@@ -658,6 +757,8 @@ class CameraWorker:
                     self._c["release_errors"] += 1
 
     def _process(self, frame: Frame) -> None:
+        if _DP_CALLS.closed:  # the interpreter is exiting: spend nothing, release nothing
+            return
         self._apply_pending()
         t_s = frame.timestamp_s
         if not self._rate_gate(t_s):
@@ -674,10 +775,12 @@ class CameraWorker:
         self._last_ledger_t = ledger_t
         charged_t = self._ledger.last_spend_s if self._ledger is not None else None  # a ledger may charge later
         try:
-            release = self._pixelizer.release(
-                frame.array, camera_id=self.camera_id, frame_index=frame.index, timestamp_s=t_s,
-                i420=i420_for(frame, self._color),
+            release = _DP_CALLS.run(
+                self._pixelizer.release, frame.array, camera_id=self.camera_id, frame_index=frame.index,
+                timestamp_s=t_s, i420=i420_for(frame, self._color),
             )
+        except _InterpreterExiting:
+            return
         except DpstreamError as exc:
             # Refused for its size or the settings (a layout map of another shape, say): nothing of it
             # exists, so the spend is given back, or a misconfigured camera would burn its whole budget.
@@ -688,6 +791,10 @@ class CameraWorker:
             with self._stats_lock:
                 self._c["release_errors"] += 1
                 self._last_release_error = reason
+            return
+        if self._stop.is_set():
+            # stopped while releasing (a first frame of a new kind compiles, and can outlast stop()'s join):
+            # nothing leaves after stop(); the spend stays, which errs on the safe side
             return
         with self._stats_lock:
             self._c["released"] += 1

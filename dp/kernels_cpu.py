@@ -22,9 +22,11 @@ def _cache_follows_cell_math() -> bool:
     """Make Numba's on-disk cache of these kernels depend on dp/cell_math.py too.
 
     Numba invalidates a cached kernel only when the file defining it changes, not the files of the
-    functions it inlines: after an edit of cell_math.py alone, a stale sampler would be loaded. A locator
-    for this file adds cell_math.py's content hash to the source stamp. Should Numba's internals differ,
-    caching is switched off rather than risked.
+    functions it inlines: after an edit of cell_math.py alone, a stale sampler would be loaded. So for each
+    of Numba's cache locators (NUMBA_CACHE_DIR, next to the source, the user's cache directory, ...) a
+    variant for this file, tried first and in the same order, adds cell_math.py's content hash to the
+    source stamp: wherever the cache lands (a read-only install, a container, NUMBA_CACHE_DIR), it follows
+    cell_math.py. Should Numba's internals differ, caching is switched off rather than risked.
     """
     try:
         from numba.core import caching
@@ -32,7 +34,9 @@ def _cache_follows_cell_math() -> bool:
         here = os.path.abspath(__file__)
         shared = os.path.abspath(cell_math.__file__)
 
-        class _Locator(caching.InTreeCacheLocator):
+        class _FollowsCellMath:
+            _dp_follows_cell_math = True
+
             def get_source_stamp(self):
                 st = os.stat(shared)
                 return (super().get_source_stamp(), caching._hash_source_file(shared, st.st_mtime, st.st_size))
@@ -45,8 +49,12 @@ def _cache_follows_cell_math() -> bool:
 
         impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.68
         locators = impl._locator_classes
-        if not any(c.__qualname__ == _Locator.__qualname__ and c.__module__ == __name__ for c in locators):
-            locators.insert(0, _Locator)
+        if not any(getattr(c, "_dp_follows_cell_math", False) for c in locators):
+            ours = [type(f"_CellMath{base.__name__}", (_FollowsCellMath, base), {"__module__": __name__})
+                    for base in locators]
+            if not ours:
+                return False
+            locators[:0] = ours
         return True
     except (ImportError, AttributeError, TypeError):
         return False

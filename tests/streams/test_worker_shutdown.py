@@ -1,9 +1,8 @@
 """CameraWorker.stop() while dp's kernels are still compiling on a cold Numba cache (a real compile, in a child).
 
-dp's CPU kernels are cached next to their source (dp/__pycache__; a locator in dp/kernels_cpu.py comes
-before Numba's NUMBA_CACHE_DIR one), so a temporary NUMBA_CACHE_DIR does not make the cache cold. The
-child process imports a fresh copy of dp from a temporary directory instead: its cache there is empty and
-the worker's warm-up compiles everything, as on a node's first start.
+dp's CPU kernels are cached next to their source (dp/__pycache__) unless NUMBA_CACHE_DIR is set. The child
+process (NUMBA_CACHE_DIR unset) imports a fresh copy of dp from a temporary directory: its cache there is
+empty and the worker's warm-up compiles everything, as on a node's first start.
 """
 
 from __future__ import annotations

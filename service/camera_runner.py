@@ -188,7 +188,7 @@ class StreamsCameraRunner:
             self._on_change()
 
     def _ledger_ttl_s(self) -> float:
-        # the ledger must outlive its window; after that it holds nothing that limits a release
+        # used only once the camera is deleted (store.save_ledger): the ledger outlives it by its window
         return max(2.0 * self._camera.window_s, 60.0)
 
     # --- the sink ----------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class StreamsCameraRunner:
         self._publisher.submit(PendingRelease(
             camera_id=cam.id, data=release.to_bytes(), summary=summary, ledger_state=self.ledger.to_dict(),
             retention_releases=cam.retention_releases, retention_s=cam.retention_s,
-            ledger_ttl_s=self._ledger_ttl_s(), captured_s=release.timestamp_s,
+            captured_s=release.timestamp_s,
             on_stored=(lambda: private(release)) if private is not None else None))
 
     # --- health and stats --------------------------------------------------------------------------

@@ -33,7 +33,6 @@ class PendingRelease:
     ledger_state: dict[str, Any] | None
     retention_releases: int
     retention_s: float | None
-    ledger_ttl_s: float
     captured_s: float
     queued_monotonic_s: float = field(default_factory=time.monotonic)
     on_stored: Callable[[], None] | None = None  # called (publisher thread) once the release is acknowledged
@@ -131,7 +130,7 @@ class ReleasePublisher:
                 entry_id = self._store.append_release(
                     item.camera_id, item.data, item.summary, ledger_state=item.ledger_state,
                     retention_releases=item.retention_releases, retention_s=item.retention_s,
-                    ledger_ttl_s=item.ledger_ttl_s, worker_id=self._worker_id, lease_ttl_s=self._lease_ttl_s)
+                    worker_id=self._worker_id, lease_ttl_s=self._lease_ttl_s)
             except StoreUnavailable as err:
                 REDIS_ERRORS.labels("worker").inc()
                 if self._store_ok:

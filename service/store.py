@@ -39,8 +39,9 @@ return 0
 # only while the camera exists (a release still in flight when the camera is deleted must not re-create its
 # keys) and only by the lease holder (releases a worker buffered while Redis was down are dropped if another
 # worker took the camera meanwhile: one writer per camera, one consistent ledger). A lease that expired while
-# Redis was down is taken back. KEYS: camera, stream, latest, ledger, lease. ARGV: maxlen, minid ("" for
-# none), ledger json ("" for none), ledger ttl ms, worker id, lease ttl ms, then field/value pairs.
+# Redis was down is taken back. The ledger does not expire while its camera exists (see save_ledger). KEYS:
+# camera, stream, latest, ledger, lease. ARGV: maxlen, minid ("" for none), ledger json ("" for none), (unused),
+# worker id, lease ttl ms, then field/value pairs.
 _APPEND_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
@@ -58,7 +59,7 @@ if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
 end
 if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  redis.call('SET', KEYS[4], ARGV[3])
 end
 fields[#fields + 1] = 'id'
 fields[#fields + 1] = id
@@ -69,6 +70,16 @@ if ARGV[7] ~= '' then
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
 end
 return id
+"""
+# A camera's ledger outlives it by `ttl` (delete_camera); while the camera exists it does not expire. KEYS:
+# camera, ledger. ARGV: ledger json, ttl ms.
+_LEDGER_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[1])
+else
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+end
+return 1
 """
 _STATUS_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -149,6 +160,7 @@ class SyncStore:
         self._renew = self.redis.register_script(_RENEW_LUA)
         self._release = self.redis.register_script(_RELEASE_LUA)
         self._append = self.redis.register_script(_APPEND_LUA)
+        self._save_ledger = self.redis.register_script(_LEDGER_LUA)
         self._set_status = self.redis.register_script(_STATUS_LUA)
 
     def close(self) -> None:
@@ -245,8 +257,7 @@ class SyncStore:
     # --- releases, ledger, status --------------------------------------------------------------
     def append_release(
         self, camera_id: str, data: bytes, summary: dict[str, Any], *, ledger_state: dict[str, Any] | None,
-        retention_releases: int, retention_s: float | None, ledger_ttl_s: float, worker_id: str,
-        lease_ttl_s: float,
+        retention_releases: int, retention_s: float | None, worker_id: str, lease_ttl_s: float,
     ) -> str | None:
         """Store one release atomically (stream entry, latest, ledger); returns its stream entry id, or None
         when the camera no longer exists or another worker holds its lease.
@@ -264,7 +275,7 @@ class SyncStore:
                 keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id),
                       k.lease(camera_id)],
                 args=[retention_releases, min_id, json.dumps(ledger_state) if ledger_state is not None else "",
-                      int(ledger_ttl_s * 1000), worker_id, int(lease_ttl_s * 1000),
+                      "", worker_id, int(lease_ttl_s * 1000),
                       max(1, int(retention_s * 1000)) if retention_s is not None else "", *fields])
         return _text(res) if res else None
 
@@ -274,8 +285,12 @@ class SyncStore:
             self.redis.xtrim(self.keys.releases(camera_id), minid=_oldest_kept_id(retention_s))
 
     def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
+        """Store a camera's ledger. It does not expire while the camera exists: a camera stopped for longer
+        than its window and then given a longer one must still count the releases that window reaches back
+        to. Once the camera is deleted, it expires after `ttl_s` (as `delete_camera` sets it)."""
         with translate_errors():
-            self.redis.set(self.keys.ledger(camera_id), json.dumps(state), px=int(ttl_s * 1000))
+            self._save_ledger(keys=[self.keys.camera(camera_id), self.keys.ledger(camera_id)],
+                              args=[json.dumps(state), max(1, int(ttl_s * 1000))])
 
     def load_ledger(self, camera_id: str) -> dict[str, Any] | None:
         with translate_errors():

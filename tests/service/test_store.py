@@ -21,7 +21,7 @@ def store(redis_url: str):
 
 def append(store: SyncStore, worker_id: str, camera_id: str = "c") -> str | None:
     return store.append_release(camera_id, b"release", SUMMARY, ledger_state={"x": 1}, retention_releases=10,
-                                retention_s=None, ledger_ttl_s=60, worker_id=worker_id, lease_ttl_s=5)
+                                retention_s=None, worker_id=worker_id, lease_ttl_s=5)
 
 
 def test_a_lease_is_held_by_one_worker_and_renewed_only_by_it(store: SyncStore) -> None:
@@ -70,6 +70,19 @@ def test_releases_forgotten_for_a_lost_camera_are_counted_as_discarded(store: Sy
     pub = ReleasePublisher(store, buffer_s=60.0, buffer_max=100, worker_id="w", lease_ttl_s=5.0)  # not started
     for cid in ("lost", "lost", "kept", "lost"):
         pub.submit(PendingRelease(camera_id=cid, data=b"", summary={}, ledger_state=None, retention_releases=10,
-                                  retention_s=None, ledger_ttl_s=60.0, captured_s=0.0))
+                                  retention_s=None, captured_s=0.0))
     pub.discard_camera("lost")
     assert (pub.submitted, pub.discarded, pub.buffered) == (4, 3, 1)  # nothing vanishes uncounted
+
+
+def test_a_ledger_does_not_expire_while_its_camera_exists(store: SyncStore) -> None:
+    """A camera stopped for longer than its window and then given a longer one must still count the releases
+    that window reaches back to: its ledger stays while the camera does, and outlives it by the given TTL."""
+    assert append(store, "w1") is not None
+    assert store.redis.pttl(store.keys.ledger("c")) == -1  # stored with a release: no expiry
+    store.save_ledger("c", {"x": 2}, ttl_s=60)  # the worker's save when it lets the camera go
+    assert store.redis.pttl(store.keys.ledger("c")) == -1 and store.load_ledger("c") == {"x": 2}
+
+    store.save_ledger("gone", {"x": 3}, ttl_s=60)  # a camera deleted meanwhile: kept for its TTL only
+    assert 0 < store.redis.pttl(store.keys.ledger("gone")) <= 60_000
+    assert store.load_ledger("gone") == {"x": 3}

@@ -10,17 +10,38 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
-from dp.errors import StoreUnavailable
+from dp.errors import DpstreamError, StoreUnavailable
 from service.keys import Keys
 from service.models import Camera, CameraStatus, ReleaseSummary
-from service.redaction import redact_text
+from service.redaction import describe_validation_error, redact_text
+
+log = logging.getLogger("dpstream.store")
+
+
+class StoredCameraUnreadable(DpstreamError):
+    """A stored camera config this version cannot read (written by hand, or by another dpstream version).
+    The message names the fields and what is wrong with them, never their values (a source's password)."""
+
+    def __init__(self, camera_id: str, err: ValidationError) -> None:
+        super().__init__(f"camera {camera_id!r}: its stored config is unreadable ({describe_validation_error(err)}); "
+                         f"delete the camera (DELETE /api/v1/cameras/{camera_id}) and create it again")
+        self.camera_id = camera_id
+
+
+def _camera_from_json(camera_id: str, raw: bytes | str) -> Camera:
+    try:
+        return Camera.model_validate_json(raw)
+    except ValidationError as err:
+        raise StoredCameraUnreadable(camera_id, err) from None  # not chained: pydantic's text quotes values
 
 # renew only a lease we still hold; another worker may have taken it over after expiry
 _RENEW_LUA = """
@@ -176,9 +197,11 @@ class SyncStore:
             return sorted(_text(x) for x in self.redis.smembers(self.keys.cameras))
 
     def get_camera(self, camera_id: str) -> Camera | None:
+        """The stored config, None when there is none; `StoredCameraUnreadable` when this version cannot
+        read it."""
         with translate_errors():
             raw = self.redis.get(self.keys.camera(camera_id))
-        return Camera.model_validate_json(raw) if raw else None
+        return _camera_from_json(camera_id, raw) if raw else None
 
     def put_camera(self, camera: Camera) -> None:
         """Create or replace a camera (CLI and `dpstream up`; the API uses AsyncStore)."""
@@ -346,12 +369,21 @@ class AsyncStore:
             if not ids:
                 return []
             raws = await self.redis.mget([self.keys.camera(i) for i in ids])
-        return [Camera.model_validate_json(r) for r in raws if r]
+        cameras = []
+        for cid, raw in zip(ids, raws, strict=True):
+            if not raw:
+                continue
+            try:
+                cameras.append(_camera_from_json(cid, raw))
+            except StoredCameraUnreadable as err:  # one broken config must not hide the others
+                log.warning("%s", err)
+        return cameras
 
     async def get_camera(self, camera_id: str) -> Camera | None:
+        """See SyncStore.get_camera."""
         with translate_errors():
             raw = await self.redis.get(self.keys.camera(camera_id))
-        return Camera.model_validate_json(raw) if raw else None
+        return _camera_from_json(camera_id, raw) if raw else None
 
     async def create_camera(self, camera: Camera) -> bool:
         """False when the id is taken."""
@@ -373,7 +405,7 @@ class AsyncStore:
                 try:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
-                    if not raw or Camera.model_validate_json(raw).version != expected_version:
+                    if not raw or _camera_from_json(camera.id, raw).version != expected_version:
                         return False
                     pipe.multi()
                     pipe.set(key, camera.model_dump_json())

@@ -22,7 +22,7 @@ from service.embedded import EmbeddedValkey
 from service.models import Camera, new_incarnation
 from service.redaction import redact_url
 from service.settings import Settings
-from service.store import SyncStore
+from service.store import StoredCameraUnreadable, SyncStore
 from service.worker_process import WorkerProcess, start_rtsp_server
 
 log = logging.getLogger("dpstream.up")
@@ -30,7 +30,11 @@ DEMO_ID = "demo"
 
 
 def _ensure_demo_camera(store: SyncStore, source: str) -> None:
-    cam = store.get_camera(DEMO_ID)
+    try:
+        cam = store.get_camera(DEMO_ID)
+    except StoredCameraUnreadable as err:  # written by another dpstream version: a new demo (same ledger)
+        log.warning("%s; writing a new demo camera", err)
+        cam = None
     if cam is None:
         store.put_camera(Camera(id=DEMO_ID, source=source, release_fps=5.0, eps_pix=1.0, m_pixels=16,
                                 eps_window=50.0, window_s=10.0, cell_size=16, incarnation=new_incarnation()))

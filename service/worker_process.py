@@ -36,9 +36,9 @@ from dp.errors import ConfigError, StoreUnavailable
 from service.metrics import LEASES_HELD, REDIS_ERRORS, forget_camera
 from service.models import Camera
 from service.publisher import ReleasePublisher
-from service.redaction import redact_text, url_secrets
+from service.redaction import describe_validation_error, redact_text, url_secrets
 from service.settings import Settings
-from service.store import SyncStore
+from service.store import StoredCameraUnreadable, SyncStore
 
 log = logging.getLogger("dpstream.worker")
 
@@ -99,8 +99,7 @@ def redacted_error(err: BaseException, *cameras: Camera | None, with_traceback: 
     """
     secrets = [s for cam in cameras if cam is not None for s in url_secrets(cam.source)]
     if isinstance(err, ValidationError):
-        text = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
-        text = f"{err.error_count()} invalid field(s): {text}"
+        text = describe_validation_error(err)
     elif with_traceback:
         text = "".join(traceback.format_exception(err)).rstrip()
     else:
@@ -281,7 +280,7 @@ class WorkerProcess:
         distinct error, redacted, and reported on the camera's status while this worker runs it."""
         try:
             cam = self.store.get_camera(cid)
-        except ValidationError as err:
+        except StoredCameraUnreadable as err:
             owned = self._owned.get(cid)
             reason = redacted_error(err, owned.camera if owned else None)
             if self._unreadable.get(cid, ("",))[0] != reason:
@@ -479,7 +478,7 @@ class WorkerProcess:
             return
         try:
             cam = self.store.get_camera(cid)
-        except (StoreUnavailable, ValidationError):  # the heartbeat reads it again, and reports what it finds
+        except (StoreUnavailable, StoredCameraUnreadable):  # the heartbeat reads it again, and reports it
             return
         if cam is not None:
             with self._lock:

@@ -24,6 +24,7 @@ from service.models import (
     new_incarnation,
 )
 from service.redaction import redact_text
+from service.store import StoredCameraUnreadable
 
 log = logging.getLogger("dpstream.api")
 router = APIRouter(prefix="/api/v1/cameras", tags=["cameras"])
@@ -120,8 +121,11 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
                dependencies=[Depends(require_admin)], responses={**AUTH_ERRORS, **NOT_FOUND})
 async def delete_camera(camera_id: CameraId, store: StoreDep) -> Response:
     """Remove a camera and its releases. Its ledger outlives it by one window."""
-    cam = await existing(store, camera_id)
-    await store.delete_camera(camera_id, ledger_ttl_s=cam.window_s)
+    try:
+        window_s = (await existing(store, camera_id)).window_s
+    except StoredCameraUnreadable:  # the way out of a broken config: its ledger tells the window
+        window_s = float((await store.load_ledger(camera_id) or {}).get("window_s") or 0.0)
+    await store.delete_camera(camera_id, ledger_ttl_s=window_s)
     log.info("camera deleted camera_id=%s", camera_id)
     return Response(status_code=204)
 

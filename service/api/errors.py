@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from dp.errors import StoreUnavailable
 from service.metrics import REDIS_ERRORS
+from service.store import StoredCameraUnreadable
 
 log = logging.getLogger("dpstream.api")
 
@@ -28,3 +29,10 @@ def install(app: FastAPI) -> None:
         REDIS_ERRORS.labels("api").inc()
         log.warning("store unavailable: %s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(StoredCameraUnreadable)
+    async def _unreadable_camera(_request: Request, exc: StoredCameraUnreadable) -> JSONResponse:
+        # the server's own data is broken: a 500 that says which camera and field, and how to get out of it
+        # (no traceback: pydantic's text would quote the source with its password)
+        log.warning("%s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=500)

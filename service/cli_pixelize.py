@@ -140,12 +140,23 @@ def _load_image(path: str, channels: int) -> np.ndarray:
 
 
 def save_image(path: str, frame: np.ndarray) -> None:
+    """Write `frame` as the image `path` (format from its suffix). It is written beside `path` and renamed
+    onto it once complete and on disk, so a failed write leaves no truncated image over a good one."""
     from PIL import Image
 
-    if Path(path).suffix.lower() == ".pgm" and frame.shape[2] != 1:
+    from streams.writer import PartFile
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".pgm" and frame.shape[2] != 1:
         raise _fail(f"{path!r}: a .pgm holds grey images; add --gray or write .ppm or .png")
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None:
+        raise _fail(f"cannot write {path!r}: this Pillow cannot write {suffix} images; write .png or .jpg")
     try:
-        Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame).save(path)
+        with PartFile(path) as part:  # removed again unless committed
+            with open(part.path, "wb") as fh:
+                Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame).save(fh, format=image_format)
+            part.commit()
     except (OSError, ValueError) as exc:
         raise _fail(f"cannot write {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
@@ -441,14 +452,36 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
 
 
 def _finish_video(writer, output: str) -> None:
-    """Close `writer`; if the file cannot be finished, remove it and say so (DpstreamError)."""
+    """Close `writer`: the finished video replaces `output`. If it cannot be finished (the muxer never wrote
+    its index: disk full, say), the writer removes the unfinished file and `output` keeps what it held; say
+    so (DpstreamError)."""
     try:
-        writer.close()
+        with _signals_held():
+            writer.close()
     except DpstreamError as exc:
-        # the muxer never wrote its index (disk full, say): a file that looks like a video but does not play
-        with contextlib.suppress(OSError):
-            os.remove(output)
-        raise DpstreamError(f"{str(exc).rstrip('.')}; the unfinished {output} was removed") from None
+        kept = f"{output} is as it was" if os.path.lexists(output) else f"no {output} was written"
+        raise DpstreamError(f"{str(exc).rstrip('.')}; the unfinished video was removed and {kept}") from None
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the block is done, then act as they would have: a second Ctrl-C (or a
+    SIGTERM after the first) must not cut off the video that the first one is finishing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+    if held:
+        signal.raise_signal(held[0])
 
 
 def _video_writer(output, rel: Release, fps: float, quality: int | None):

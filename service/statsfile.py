@@ -6,7 +6,9 @@ Each release carries its own header and checksum; the file holds nothing else (n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -18,12 +20,25 @@ VERSION = 1
 
 
 class StatsWriter:
-    """Appends releases to a stats file; a context manager that closes the file."""
+    """Appends releases to a stats file; a context manager that closes the file.
+
+    A log, written in place and handed to the OS release by release (not renamed into place at the end like
+    the video): a run that is killed keeps, under this name, every release made so far. A file already there
+    is emptied only when the first release is written, so a run that fails before releasing anything leaves
+    it as it was (and creates no file if there was none).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self._fh: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by close()/__exit__
-        self._fh.write(MAGIC + bytes([VERSION]))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        try:  # opened now, so that a bad place fails before any work, but not truncated
+            fd = os.open(self.path, flags | os.O_EXCL, 0o666)
+            self._created = True
+        except FileExistsError:
+            fd = os.open(self.path, flags, 0o666)
+            self._created = False
+        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)  # not /dev/null or a pipe: no truncate, no fsync
+        self._fh: BinaryIO = os.fdopen(fd, "wb")
         self.count = 0
 
     def write(self, release: Release) -> None:
@@ -31,6 +46,10 @@ class StatsWriter:
         OSError (disk full, ...) carries this file's name."""
         data = release.to_bytes()
         try:
+            if self.count == 0:
+                if self._regular:
+                    self._fh.truncate(0)  # the previous run's releases give way to this run's
+                self._fh.write(MAGIC + bytes([VERSION]))
             self._fh.write(struct.pack("<I", len(data)) + data)
             self._fh.flush()
         except OSError as exc:
@@ -42,11 +61,15 @@ class StatsWriter:
             return
         try:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self.count and self._regular:
+                os.fsync(self._fh.fileno())
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, self.path) from None
         finally:
             self._fh.close()
+            if self.count == 0 and self._created:  # nothing released: leave no empty file behind
+                with contextlib.suppress(OSError):
+                    os.remove(self.path)
 
     def __enter__(self) -> StatsWriter:
         return self

@@ -6,13 +6,20 @@
         for frame in iter_frames("in.mp4"):
             writer.write(pixelizer.release(frame.array, ...).reconstruct())
 
+The video is written beside the output (``.NAME.XXXXXXXX.part``) and renamed onto it once finished, so an
+existing file is replaced only by a complete one; :class:`PartFile` does the same for any other file.
+
 Only privatized frames (``Release.reconstruct()``) should be written outside tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import secrets
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -26,7 +33,7 @@ from .sources import TEST_PATTERNS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncoderSettings", "H264Mp4Writer", "make_test_clip"]
+__all__ = ["EncoderSettings", "H264Mp4Writer", "PartFile", "make_test_clip"]
 
 _SPEED_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
@@ -107,13 +114,114 @@ def packed_buffer(frame: np.ndarray) -> Gst.Buffer:
     return filled_buffer(h * stride, fill)
 
 
+class PartFile:
+    """A file written beside ``target`` under a temporary name and renamed onto it only once it is complete.
+
+    ``PartFile(target)`` creates ``.NAME.XXXXXXXX.part`` (hidden, ``XXXXXXXX`` random) in the directory of
+    ``target`` with ``O_CREAT | O_EXCL``: no concurrent run can have the name, and the file mode follows
+    the umask like any new file (or takes the permission bits, and where allowed the owner, of the file it
+    will replace, as writing over it kept them). Write to :attr:`path`, then :meth:`commit`: the file is
+    fsynced and ``os.replace``-d onto ``target``, so a reader or a crash sees the old file or the new one,
+    never a mix. :meth:`discard` (or leaving the ``with`` block without committing) removes it. A killed
+    process leaves the ``.part`` behind and ``target`` as it was. ::
+
+        with PartFile("out.png") as part:
+            image.save(part.path, format="PNG")
+            part.commit()
+
+    A symlink is followed (the file it points to is replaced, the link stays). An existing ``target`` that
+    is not a regular file (``/dev/null``, a FIFO) cannot be replaced: it is written in place.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = os.path.realpath(os.fspath(target))
+        try:
+            st = os.stat(self.target)
+        except FileNotFoundError:
+            st = None
+        self._in_place = st is not None and not stat.S_ISREG(st.st_mode)
+        self._done = self._in_place
+        if self._in_place:
+            self.path = self.target
+            return
+        folder, name = os.path.split(self.target)
+        stem = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")  # room for the suffix
+        for _ in range(100):
+            self.path = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}.part")
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary name", self.path)
+        try:
+            if st is not None:  # what writing over the file kept: its permissions and, where allowed, owner
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(OSError):
+                        os.fchown(fd, st.st_uid, st.st_gid)
+        except BaseException:
+            os.close(fd)
+            self.discard()
+            raise
+        os.close(fd)
+
+    def commit(self) -> None:
+        """Flush the written file to disk and put it in place of ``target``; on an OSError it is removed."""
+        if self._done:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)  # the data first: a power cut after the rename must not leave an empty file
+            finally:
+                os.close(fd)
+            os.replace(self.path, self.target)
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+        with contextlib.suppress(OSError):  # the rename itself; the output is in place either way
+            dir_fd = os.open(os.path.dirname(self.target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def discard(self) -> None:
+        """Remove the temporary file (``target`` stays as it was); nothing once committed. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # do not mask the error that got us here
+            log.warning("could not remove the temporary file %s: %s", self.path, exc.strerror or exc)
+
+    def __enter__(self) -> PartFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def __repr__(self) -> str:
+        return f"PartFile({self.target!r})"
+
+
 class H264Mp4Writer:
     """Encode HxWx3 RGB (or HxWx1 grey) uint8 frames into an H.264 MP4 file.
 
     A context manager; :meth:`close` (idempotent) finishes the file (writes the MP4 index) and brings the
-    pipeline back to NULL. Frames get timestamps ``i / fps``. H.264 4:2:0 needs even sizes: an odd
-    ``width`` or ``height`` is padded by repeating the last column or row (the file is one pixel larger,
-    ``encoded_width`` x ``encoded_height``). :meth:`write` raises :class:`dp.ConfigError` for a frame of the wrong shape and
+    pipeline back to NULL. The video is written to a :class:`PartFile` beside ``path`` and renamed onto
+    ``path`` only once :meth:`close` has finished it: until then (and if it cannot be finished, or the
+    process is killed) ``path`` keeps what it held before, and a failed close removes the unfinished file.
+
+    Frames get timestamps ``i / fps``. H.264 4:2:0 needs even sizes: an odd ``width`` or ``height`` is
+    padded by repeating the last column or row (the file is one pixel larger, ``encoded_width`` x
+    ``encoded_height``). :meth:`write` raises :class:`dp.ConfigError` for a frame of the wrong shape and
     :class:`dp.IngestError` when the encoder or the file fails.
     """
 
@@ -155,17 +263,32 @@ class H264Mp4Writer:
         if input_format == "i420":
             caps += ",colorimetry=bt601"
         convert = "" if input_format == "i420" else f"videoconvert n-threads={threads} ! video/x-raw,format=I420 ! "
-        self.pipeline = parse_pipeline(
-            f"appsrc name=src format=time block=true max-bytes={3 * self.encoded_width * self.encoded_height * channels} caps={caps} ! "
-            f"{convert}{self.encoder.x264_description()} ! h264parse ! mp4mux ! filesink name=sink"
-        )
-        self.pipeline.get_by_name("sink").set_property("location", self.path)
-        self._src = self.pipeline.get_by_name("src")
-        self._i420_size = GstVideo.VideoInfo.new_from_caps(Gst.Caps.from_string(caps)).size
-        self._frame_ns = Gst.util_uint64_scale(Gst.SECOND, self.fps.denominator, self.fps.numerator)
-        self.frames_written = 0
-        self._closed = False
-        set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"writer {self.path!r}")
+        self.pipeline = None
+        try:
+            self._part = PartFile(self.path)
+        except OSError as exc:  # an unwritable directory: the file is created beside its final name
+            raise IngestError(f"writer {self.path!r}: cannot create a file in {parent!r}: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            # not block=true: a blocked push-buffer waits forever for room once the pipeline has stopped on an
+            # error (a disk that fills mid-stream); _push waits for room itself, watching the bus
+            self._max_bytes = 3 * self.encoded_width * self.encoded_height * channels
+            self._failure: str | None = None  # the first error the pipeline stopped on
+            self.pipeline = parse_pipeline(
+                f"appsrc name=src format=time block=false max-bytes={self._max_bytes} caps={caps} ! "
+                f"{convert}{self.encoder.x264_description()} ! h264parse ! mp4mux ! filesink name=sink"
+            )
+            self.pipeline.get_by_name("sink").set_property("location", self._part.path)
+            self._src = self.pipeline.get_by_name("src")
+            self._i420_size = GstVideo.VideoInfo.new_from_caps(Gst.Caps.from_string(caps)).size
+            self._frame_ns = Gst.util_uint64_scale(Gst.SECOND, self.fps.denominator, self.fps.numerator)
+            self.frames_written = 0
+            self._closed = False
+            set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"writer {self.path!r}")
+        except BaseException:
+            shutdown_pipeline(self.pipeline)
+            self._part.discard()
+            raise
 
     def write_i420(self, buffer: np.ndarray) -> None:
         """Append one I420 frame as `dp.Release.reconstruct_i420` writes it (writer made with
@@ -221,6 +344,11 @@ class H264Mp4Writer:
             self.frames_written * Gst.SECOND, self.fps.denominator, self.fps.numerator
         )
         buf.duration = self._frame_ns
+        bus = self.pipeline.get_bus()
+        while self._src.get_property("current-level-bytes") >= self._max_bytes:  # the encoder is behind
+            msg = bus.timed_pop_filtered(2 * Gst.MSECOND, Gst.MessageType.ERROR)  # returns at once on one
+            if msg is not None:
+                raise self._failed(msg)
         ret = self._src.emit("push-buffer", buf)
         if ret != Gst.FlowReturn.OK:
             self._check_bus()
@@ -228,28 +356,45 @@ class H264Mp4Writer:
         self.frames_written += 1
 
     def _check_bus(self) -> None:
+        if self._failure is not None:
+            raise IngestError(self._failure)
         msg = self.pipeline.get_bus().pop_filtered(Gst.MessageType.ERROR)
         if msg is not None:
-            err, _debug = msg.parse_error()
-            raise IngestError(f"writer {self.path!r}: {err.message}")
+            raise self._failed(msg)
+
+    def _failed(self, msg: Gst.Message) -> IngestError:
+        """Remember the error the pipeline stopped on (close reports it: no end-of-stream will come)."""
+        err, _debug = msg.parse_error()
+        self._failure = f"writer {self.path!r}: {err.message}"
+        return IngestError(self._failure)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Finish the file: send end-of-stream, wait for the muxer to write its index, go to NULL."""
+        """Finish the file: send end-of-stream, wait for the muxer to write its index, go to NULL, and put
+        the file in place of ``path``. If it cannot be finished, the unfinished file is removed, ``path``
+        keeps what it held before, and :class:`dp.IngestError` says why."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._src.emit("end-of-stream")
-            msg = self.pipeline.get_bus().timed_pop_filtered(
-                int(timeout_s * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
-            )
-            if msg is None:
-                raise IngestError(f"writer {self.path!r}: encoder did not finish within {timeout_s:.0f} s")
-            if msg.type == Gst.MessageType.ERROR:
-                err, _debug = msg.parse_error()
-                raise IngestError(f"writer {self.path!r}: {err.message}")
-        finally:
-            shutdown_pipeline(self.pipeline)
+            try:
+                self._check_bus()  # a pipeline stopped on an error never reaches end-of-stream: do not wait
+                self._src.emit("end-of-stream")
+                msg = self.pipeline.get_bus().timed_pop_filtered(
+                    int(timeout_s * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+                )
+                if msg is None:
+                    raise IngestError(f"writer {self.path!r}: encoder did not finish within {timeout_s:.0f} s")
+                if msg.type == Gst.MessageType.ERROR:
+                    raise self._failed(msg)
+            finally:
+                shutdown_pipeline(self.pipeline)  # filesink closes the file
+            try:
+                self._part.commit()
+            except OSError as exc:
+                raise IngestError(f"writer {self.path!r}: {exc.strerror or exc}") from None
+        except BaseException:  # an error, or a signal while finishing: no unfinished file is left behind
+            self._part.discard()
+            raise
 
     def __enter__(self) -> H264Mp4Writer:
         return self

@@ -72,18 +72,6 @@ def test_a_damaged_stats_file_names_the_release_and_its_offset(tmp_path, clip):
     assert out.returncode == 2 and f"release 1 (at byte {5 + 4 + first})" in out.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs: a real full disk (needs root; skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_a_video_cut_off_by_a_full_disk_is_removed_not_left_unplayable(tmp_path, small_disk):
     from streams.files import make_test_clip
 

@@ -26,7 +26,7 @@ from dp.errors import StoreUnavailable
 from service.metrics import FRAMES_DROPPED, FRAMES_INGESTED, RECONNECTS
 from service.models import Camera
 from service.publisher import PendingRelease, ReleasePublisher
-from service.redaction import redact_text, url_secrets
+from service.redaction import redact_text, redacted_error, url_secrets
 from service.settings import Settings
 from service.store import SyncStore
 
@@ -179,8 +179,7 @@ class StreamsCameraRunner:
             self._restarting = None
 
     def _redact(self, err: BaseException, *cameras: Camera) -> str:
-        secrets = [s for cam in cameras for s in url_secrets(cam.source)]
-        return redact_text(str(err) or type(err).__name__, *secrets, *self._secrets)
+        return redacted_error(err, *cameras, secrets=self._secrets)
 
     def _note_error(self, reason: str) -> None:
         self._last_error = (reason, time.time())

@@ -26,17 +26,14 @@ import os
 import socket
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from pydantic import ValidationError
 
 from dp.errors import ConfigError, StoreUnavailable
 from service.metrics import LEASES_HELD, REDIS_ERRORS, forget_camera
 from service.models import Camera
 from service.publisher import ReleasePublisher
-from service.redaction import describe_validation_error, redact_text, url_secrets
+from service.redaction import redacted_error
 from service.settings import Settings
 from service.store import StoredCameraUnreadable, SyncStore
 
@@ -90,21 +87,6 @@ def start_rtsp_server(settings: Settings, port: int, *, any_port_if_taken: bool 
             raise
         log.warning("RTSP port %s is taken; using a free port", port)
         return start(0)
-
-
-def redacted_error(err: BaseException, *cameras: Camera | None, with_traceback: bool = False) -> str:
-    """`err` as text for a log line or a status, with the credentials of `cameras` (and any URL's) taken out.
-
-    A config pydantic refuses is described by field and message only: its error text quotes the values.
-    """
-    secrets = [s for cam in cameras if cam is not None for s in url_secrets(cam.source)]
-    if isinstance(err, ValidationError):
-        text = describe_validation_error(err)
-    elif with_traceback:
-        text = "".join(traceback.format_exception(err)).rstrip()
-    else:
-        text = str(err) or type(err).__name__
-    return redact_text(text, *secrets)
 
 
 def default_worker_id() -> str:

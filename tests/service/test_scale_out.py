@@ -233,6 +233,9 @@ def test_after_a_redis_restart_each_worker_keeps_its_own_cameras(tmp_path: Path,
         fast_cam, slow_cam = "a", "b"
         fast, slow = owners[fast_cam], owners[slow_cam]
         claims = lambda: {wid: log.read_text().count("camera claimed") for wid, log in logs.items()}  # noqa: E731
+        # the log line follows the lease (once the runner exists): count from when both are written
+        wait_for(lambda: all(f"camera claimed camera_id={c} worker_id={w}" in logs[w].read_text()
+                             for c, w in owners.items()), timeout_s=30, interval_s=0.05, what="each claim logged")
         claimed_before = claims()
         server.stop()
         time.sleep(LEASE_TTL_S + 1.0)  # Redis stays down until every lease and liveness key has expired

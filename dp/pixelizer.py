@@ -157,11 +157,19 @@ class Pixelizer:
 
     def update_spec(self, spec: PixelizeSpec) -> None:
         """Apply a new configuration from the next release on (live config)."""
+        self.check_spec(spec)
+        with self._lock:
+            self._spec = spec
+
+    def check_spec(self, spec: PixelizeSpec) -> None:
+        """Raise :class:`ConfigError` if this Pixelizer's backend cannot release under ``spec``.
+
+        What `update_spec` checks, without applying anything: for a caller that queues the change for later
+        (a camera worker applies it at the next frame) and must refuse it now.
+        """
         if not isinstance(spec, PixelizeSpec):
             raise ConfigError(f"spec must be a PixelizeSpec, got {type(spec).__name__}")
         self._check_backend_limits(spec)
-        with self._lock:
-            self._spec = spec
 
     def _check_backend_limits(self, spec: PixelizeSpec) -> None:
         if self._backend.name == "cuda":

@@ -462,6 +462,10 @@ class CameraWorker:
                     f"camera {self.camera_id!r}: spec channels={spec.channels}, color={spec.color!r} differ from "
                     f"the pipeline's ({self._channels}, {self._color!r}); create a new worker to change them"
                 )
+            try:  # refused now, not at the next frame: the backend's limits (CUDA's shared memory)
+                self._pixelizer.check_spec(spec)
+            except ConfigError as err:
+                raise ConfigError(f"camera {self.camera_id!r}: {err}") from None
             changes["spec"] = spec
         if release_fps is not None:
             changes["release_fps"] = self._checked_fps(release_fps)
@@ -653,14 +657,14 @@ class CameraWorker:
             pending, self._pending = self._pending, {}
         if not pending:
             return
-        if "spec" in pending:
-            self._pixelizer.update_spec(pending["spec"])
-            self._spec = pending["spec"]
+        if "ledger" in pending:  # first: a spec refused below must not keep the old budget
+            self._ledger = pending["ledger"]
         if "release_fps" in pending:
             self._release_fps = pending["release_fps"]
             self._next_due_s = None
-        if "ledger" in pending:
-            self._ledger = pending["ledger"]
+        if "spec" in pending:  # checked by update_config against this backend already
+            self._pixelizer.update_spec(pending["spec"])
+            self._spec = pending["spec"]
         self.log.info("camera %s: configuration updated (%s)", self.camera_id, ", ".join(sorted(pending)))
 
     def _rate_gate(self, t_s: float) -> bool:

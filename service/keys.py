@@ -6,15 +6,25 @@ atomic release script can touch them together.
     {p}:cameras              set of camera ids
     {p}:camera:{<id>}        camera config (JSON, credentials included: only workers read it raw)
     {p}:config               pub/sub channel: {"id", "op": "put"|"delete", "version"}
-    {p}:releases:{<id>}      Redis Stream of releases (fields r=release bytes + public summary fields)
-    {p}:latest:{<id>}        hash: the latest release (r) and its entry id and summary
-    {p}:ledger:{<id>}        the camera's privacy ledger (dp.Ledger.to_dict(), JSON)
-    {p}:lease:{<id>}         worker id holding the camera, with a TTL renewed by heartbeat
+    {p}:releases:{<id>}      Redis Stream of releases (fields r=release bytes + public summary fields), at
+                             most retention_releases entries, none older than retention_s
+    {p}:latest:{<id>}        hash: the latest release (r), its entry id and summary, and its release id
+                             (rid: a random token that makes a retried write idempotent)
+    {p}:ledger:{<id>}        the camera's privacy ledger (dp.Ledger.to_dict(), JSON); never replaced by an
+                             older state
+    {p}:lease:{<id>}         worker id holding the camera, with a TTL renewed by heartbeat; `stale:<wid>`
+                             until it expires when that worker's ledger lacked another's spends (store.py)
     {p}:status:{<id>}        health and counters, as last reported by the owning worker (JSON)
     {p}:worker:{wid}         a live worker (JSON), with a TTL renewed by heartbeat
     {p}:workers              sorted set of workers, scored by when their liveness runs out (ms)
     {p}:apikey:{sha256}      an API key's scope (JSON); the key itself is never stored
     {p}:audit:{aid}          an audit's state and report (JSON)
+
+Expiry: `releases` and `latest` expire retention_s after the camera's last release (no TTL when it has no
+retention_s); the ledger has no TTL while its camera exists and outlives a deleted camera by its window
+(the API's delete; a worker's save after it, max(2 windows, 60 s)); `lease` lives lease_ttl_s, `status`
+three of them, `worker` its liveness TTL; API keys expire when created with a TTL, audits after 7 days; the
+camera config and `cameras` never expire.
 """
 
 from __future__ import annotations

@@ -6,6 +6,13 @@ bounded by age (`release_buffer_s`) and count (`release_buffer_max`); the oldest
 counted. Once `append_release` returns the release is acknowledged; with append-only persistence on the
 server it survives a restart. Outputs other than the store (the private RTSP re-stream) hang on
 `on_stored`: a release reaches them only once it is counted in Redis.
+
+Each release is stored once: the release being written is neither dropped nor discarded while its reply is
+awaited (it may already be stored; the buffer bounds the releases besides it), and when a write fails it is
+sent again under the same release id, which the store recognises (a reply lost after Redis stored the
+release must not store it twice). A release whose
+camera's keys Redis refuses (a key of the wrong type) is dropped at once, counted with reason
+`store_refused`: waiting for it would hold back every other camera's releases.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from dp.errors import StoreUnavailable
 from service.metrics import FRAMES_DROPPED, FRAMES_RELEASED, REDIS_ERRORS, RELEASE_LATENCY, RELEASES_BUFFERED
-from service.store import SyncStore
+from service.store import StoreRefused, SyncStore, new_release_id
 
 log = logging.getLogger("dpstream.worker.publisher")
 
@@ -36,6 +43,7 @@ class PendingRelease:
     captured_s: float
     queued_monotonic_s: float = field(default_factory=time.monotonic)
     on_stored: Callable[[], None] | None = None  # called (publisher thread) once the release is acknowledged
+    release_id: str = field(default_factory=new_release_id)  # the same on every try: stored once (see module)
 
 
 class ReleasePublisher:
@@ -57,6 +65,9 @@ class ReleasePublisher:
         self.discarded = 0  # releases of cameras deleted, or taken by another worker, meanwhile
         self.dropped = 0
         self.last_entry_ids: dict[str, str] = {}
+        self._writing: PendingRelease | None = None  # the queue's head while the store writes it
+        self._writing_discarded = False  # its camera was discarded meanwhile: not retried if the write fails
+        self._refused: dict[str, str] = {}  # camera id -> why Redis refuses its releases (logged once)
         self._thread = threading.Thread(target=self._run, name="dpstream-publisher", daemon=True)
 
     def start(self) -> None:
@@ -102,18 +113,30 @@ class ReleasePublisher:
 
     def discard_camera(self, camera_id: str) -> None:
         """Forget queued releases of a camera that was deleted or taken by another worker (counted as
-        discarded, so that submitted = acknowledged + discarded + dropped + buffered always holds)."""
+        discarded, so that submitted = acknowledged + discarded + dropped + buffered always holds). One the
+        store is writing right now is counted by how that write ends: the store refuses it for a camera
+        deleted or leased elsewhere, and it is not tried again."""
         with self._cond:
-            kept = deque(p for p in self._queue if p.camera_id != camera_id)
+            writing = self._writing_head_locked()
+            if writing is not None and writing.camera_id == camera_id:
+                self._writing_discarded = True
+            kept = deque(p for p in self._queue if p.camera_id != camera_id or p is writing)
             self.discarded += len(self._queue) - len(kept)
             self._queue = kept
             RELEASES_BUFFERED.set(len(self._queue))
 
+    def _writing_head_locked(self) -> PendingRelease | None:
+        w = self._writing
+        return w if w is not None and self._queue and self._queue[0] is w else None
+
     def _trim_locked(self) -> None:
+        # never the release being written: it may be stored already, and is counted by how its write ends
+        skip = 1 if self._writing_head_locked() is not None else 0
         oldest_ok = time.monotonic() - self._buffer_s
-        while self._queue and (len(self._queue) > self._buffer_max
-                               or self._queue[0].queued_monotonic_s < oldest_ok):
-            lost = self._queue.popleft()
+        while len(self._queue) > skip and (len(self._queue) - skip > self._buffer_max
+                                           or self._queue[skip].queued_monotonic_s < oldest_ok):
+            lost = self._queue[skip]
+            del self._queue[skip]
             self.dropped += 1
             FRAMES_DROPPED.labels(lost.camera_id, "store_buffer").inc()
 
@@ -125,20 +148,36 @@ class ReleasePublisher:
                     self._cond.wait(0.5)
                 if self._stop:
                     return
-                item = self._queue[0]
+                item = self._writing = self._queue[0]
+                self._writing_discarded = False
             try:
                 entry_id = self._store.append_release(
                     item.camera_id, item.data, item.summary, ledger_state=item.ledger_state,
                     retention_releases=item.retention_releases, retention_s=item.retention_s,
-                    worker_id=self._worker_id, lease_ttl_s=self._lease_ttl_s)
+                    worker_id=self._worker_id, lease_ttl_s=self._lease_ttl_s, release_id=item.release_id)
+            except StoreRefused as err:  # this camera's keys, not the store: the other cameras' releases go on
+                self._store_ok = True
+                self._finish(item, "dropped")
+                FRAMES_DROPPED.labels(item.camera_id, "store_refused").inc()
+                REDIS_ERRORS.labels("worker").inc()
+                if self._refused.get(item.camera_id) != str(err):
+                    self._refused[item.camera_id] = str(err)
+                    log.warning("store refuses the releases of camera_id=%s; dropping them until its keys are "
+                                "repaired: %s", item.camera_id, err)
+                continue
             except StoreUnavailable as err:
                 REDIS_ERRORS.labels("worker").inc()
                 if self._store_ok:
                     log.warning("store unreachable; buffering releases (up to %.0f s): %s", self._buffer_s, err)
                 self._store_ok = False
                 with self._cond:
+                    self._writing = None
+                    if self._writing_discarded and self._queue and self._queue[0] is item:
+                        self._queue.popleft()  # its camera is gone from this worker: not tried again
+                        self.discarded += 1
                     self._trim_locked()
                     RELEASES_BUFFERED.set(len(self._queue))
+                    self._cond.notify_all()
                     self._cond.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 1.0)
                 continue
@@ -146,15 +185,11 @@ class ReleasePublisher:
                 log.info("store reachable again; flushing %d buffered releases", len(self._queue))
             self._store_ok = True
             backoff_s = 0.1
-            with self._cond:
-                if self._queue and self._queue[0] is item:
-                    self._queue.popleft()
-                RELEASES_BUFFERED.set(len(self._queue))
-                self._cond.notify_all()
+            self._finish(item, "acknowledged" if entry_id is not None else "discarded")
             if entry_id is None:
-                self.discarded += 1
                 continue
-            self.acknowledged += 1
+            if self._refused.pop(item.camera_id, None) is not None:
+                log.info("store accepts the releases of camera_id=%s again", item.camera_id)
             self.last_entry_ids[item.camera_id] = entry_id
             if item.on_stored is not None:
                 try:
@@ -163,3 +198,15 @@ class ReleasePublisher:
                     log.exception("after-store callback failed camera_id=%s", item.camera_id)
             FRAMES_RELEASED.labels(item.camera_id).inc()
             RELEASE_LATENCY.labels(item.camera_id).observe(max(0.0, time.time() - item.captured_s))
+
+    def _finish(self, item: PendingRelease, outcome: str) -> None:
+        """Take the release just written (or refused) off the queue, and count it under `outcome` (one of
+        the counters) in the same step: it is still the head, since nothing else removes the release being
+        written."""
+        with self._cond:
+            self._writing = None
+            if self._queue and self._queue[0] is item:
+                self._queue.popleft()
+            setattr(self, outcome, getattr(self, outcome) + 1)
+            RELEASES_BUFFERED.set(len(self._queue))
+            self._cond.notify_all()

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -56,51 +57,187 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Store one release atomically (exact MAXLEN: one entry trimmed per entry added, so retention is exact),
-# only while the camera exists (a release still in flight when the camera is deleted must not re-create its
-# keys) and only by the lease holder (releases a worker buffered while Redis was down are dropped if another
-# worker took the camera meanwhile: one writer per camera, one consistent ledger). A lease that expired while
-# Redis was down is taken back. The ledger does not expire while its camera exists (see save_ledger). KEYS:
-# camera, stream, latest, ledger, lease. ARGV: maxlen, minid ("" for none), ledger json ("" for none), (unused),
-# worker id, lease ttl ms, then field/value pairs.
-_APPEND_LUA = """
+# A camera's ledger in Redis never loses a spend that still counts. A state `a` covers a state `b` when it
+# holds b's latest spend (as many spends at that time), or has dropped spends at least as late (b's then
+# count for no window to come). Spend times never go back (dp.Ledger refuses it, and a worker taking a camera
+# over charges no earlier than the last stored spend), so each state covers the states it grew from:
+# * the incoming state covers the stored one: it is the same ledger, later: written;
+# * only the stored one covers the incoming one: an older snapshot of it (a release that was still being
+#   written when `save_state` stored the full ledger): not written, the stored ledger counts its spend;
+# * neither: two ledgers spent apart. A worker that lost the camera while it could not reach Redis (its lease
+#   expired, another worker claimed the camera, spent, and let it go) takes the free lease back with a
+#   ledger that lacks the other's spends: what it releases from it would overspend the window.
+_LEDGER_ORDER_LUA = """
+local function ledger_doc(raw)
+  if not raw or raw == '' then return nil end
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' then return doc end
+  return nil
+end
+local function spends_at(spends, t)
+  local n = 0
+  for i = #spends, 1, -1 do
+    local s = tonumber(spends[i][1])
+    if s == nil or s < t then break end
+    if s == t then n = n + 1 end
+  end
+  return n
+end
+local function covers_doc(a, b)
+  local spends = b['spends']
+  if type(spends) ~= 'table' or #spends == 0 then return true end
+  local t = tonumber(spends[#spends][1])
+  if t == nil then return true end
+  if type(a['spends']) == 'table' and spends_at(a['spends'], t) >= spends_at(spends, t) then return true end
+  local dropped = a['latest_dropped']
+  return type(dropped) == 'number' and dropped >= t
+end
+-- The same, read off the text as store.py writes it (json.dumps of dp.Ledger.to_dict), without decoding it:
+-- two decodes cost more than the rest of an append (about 60 us each for 150 spends, and growing with
+-- them). "spends" holds [time, "cost"] pairs in time order and "latest_dropped" comes last; Python writes a
+-- float one way only, so the spends at time t are the occurrences of '[' .. t .. ', "'. nil for a text of
+-- any other shape (a state of another version): the caller decodes it then.
+local function last_spend_text(raw)
+  if string.find(raw, '"spends": [], "latest_dropped": ', 1, true) then
+    if string.match(raw, '"latest_dropped": [^,}]+}$') then return false end  -- no spend
+    return nil
+  end
+  return string.match(raw, '^.*%[([^%[%],"]+), "[^"]*"%]%], "latest_dropped": [^,}]+}$')
+end
+local function count_text(raw, needle)
+  local n, i = 0, 1
+  while true do
+    local _, e = string.find(raw, needle, i, true)
+    if not e then return n end
+    n, i = n + 1, e + 1
+  end
+end
+local function covers_text(a, b)
+  local t, ta = last_spend_text(b), last_spend_text(a)
+  if t == nil or ta == nil then return nil end
+  if t == false then return true end
+  local needle = '[' .. t .. ', "'
+  if ta and count_text(a, needle) >= count_text(b, needle) then return true end
+  local dropped = tonumber(string.match(a, '"latest_dropped": ([^,}]+)}$'))
+  return dropped ~= nil and dropped >= tonumber(t)
+end
+-- Does ledger text `a` cover ledger text `b`? nil when `b` is no ledger (nothing to keep), false when only
+-- `a` is none.
+local function covers(a, b)
+  local fast = covers_text(a, b)
+  if fast ~= nil then return fast end
+  local da, db = ledger_doc(a), ledger_doc(b)
+  if not db then return nil end
+  return da ~= nil and covers_doc(da, db)
+end
+"""
+# Store one release atomically (exact MAXLEN: one entry trimmed per entry added, so retention is exact; exact
+# MINID, computed from the new entry's id, so that retention_s is exact and measured by Redis's clock, not the
+# worker's), only while the camera exists (a release still in flight when the camera is deleted must not
+# re-create its keys) and only by the lease holder (releases a worker buffered while Redis was down are
+# dropped if another worker took the camera meanwhile: one writer per camera, one consistent ledger). A lease
+# that expired while Redis was down is taken back, unless the release is older than the stored ledger (its
+# write was still under way when the worker stored its full ledger and handed the camera back). The ledger
+# does not expire while its camera exists (see save_ledger), and never loses a spend (see _LEDGER_ORDER_LUA):
+# a release whose ledger diverged from the stored one is refused, and the lease is left to expire under a
+# `stale:<worker>` value that the worker cannot renew or take, so that it lets the camera go; whoever claims
+# it next starts from the stored ledger.
+#
+# Idempotent: a release whose reply was lost (the connection dropped after Redis ran the script) is sent
+# again by redis-py and by the publisher; its release id, kept in `latest`, makes the second call return the
+# first call's entry id instead of storing the release twice. The publisher stores one release at a time, so
+# only the latest one can be retried. Keys of the wrong type are refused before anything is written (a
+# script is not rolled back when a command in it fails). KEYS: camera, stream, latest, ledger, lease. ARGV:
+# maxlen, release id, ledger json ("" for none), (unused), worker id, lease ttl ms, retention ms ("" for
+# none), then field/value pairs.
+_APPEND_LUA = _LEDGER_ORDER_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+local want = {'stream', 'hash', 'string'}
+for i = 2, 4 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want[i - 1] then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want[i - 1])
+  end
+end
+-- stored already (by this worker, under its lease then: a worker that claimed the camera later loaded it)
+local done = redis.call('HMGET', KEYS[3], 'rid', 'id')
+if done[1] == ARGV[2] and done[2] then
+  return done[2]
+end
 local owner = redis.call('GET', KEYS[5])
-if owner == false then
-  redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6])
-elseif owner ~= ARGV[5] then
+if owner ~= false and owner ~= ARGV[5] then
   return false
+end
+local incoming = ARGV[3] ~= '' and ARGV[3] or nil
+local stored = redis.call('GET', KEYS[4])
+local older = false
+if incoming and stored and covers(incoming, stored) == false then
+  if covers(stored, incoming) ~= true then
+    redis.call('SET', KEYS[5], 'stale:' .. ARGV[5], 'PX', ARGV[6])
+    return false
+  end
+  older = true
+end
+-- a free lease is taken back, but not for an older snapshot: this worker stored a newer state since
+-- (save_state) and let the camera go; the release is stored, the lease stays free
+if owner == false and not older then
+  redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6])
+end
+if incoming and not older then
+  redis.call('SET', KEYS[4], ARGV[3])
 end
 local fields = {}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], '*', unpack(fields))
-if ARGV[2] ~= '' then
-  redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2])
-end
-if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[3])
+if ARGV[7] ~= '' then
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  local oldest = ms - tonumber(ARGV[7])
+  if oldest > 0 then
+    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', oldest))
+  end
 end
 fields[#fields + 1] = 'id'
 fields[#fields + 1] = id
+fields[#fields + 1] = 'rid'
+fields[#fields + 1] = ARGV[2]
 redis.call('HSET', KEYS[3], unpack(fields))
 if ARGV[7] ~= '' then
   -- retention_s: once a camera stops releasing, its newest release (and so all of them) goes too
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
+else
+  -- no retention_s (any more): a TTL set while the camera had one must not delete its releases later
+  redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[3])
 end
 return id
 """
-# A camera's ledger outlives it by `ttl` (delete_camera); while the camera exists it does not expire. KEYS:
-# camera, ledger. ARGV: ledger json, ttl ms.
-_LEDGER_LUA = """
+# A camera's ledger outlives it by `ttl` (delete_camera); while the camera exists it does not expire. A
+# state that does not cover the stored one (see _LEDGER_ORDER_LUA) is not written. KEYS: camera, ledger.
+# ARGV: ledger json, ttl ms. Returns 1 when written, 0 when not.
+_LEDGER_LUA = _LEDGER_ORDER_LUA + """
+local stored = redis.call('GET', KEYS[2])
+if stored and covers(ARGV[1], stored) == false then
+  return 0
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('SET', KEYS[2], ARGV[1])
 else
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
 return 1
+"""
+# Drop releases older than ARGV[1] ms by Redis's clock (the one stream ids are made of; a worker's clock may
+# be off). KEYS: stream.
+_TRIM_LUA = """
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[1])
+if oldest <= 0 then
+  return 0
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', oldest))
 """
 _STATUS_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -113,24 +250,33 @@ SUMMARY_FIELDS = ("camera_id", "frame_index", "timestamp_s", "height", "width", 
                   "eps_spent")
 
 
-def _oldest_kept_id(retention_s: float) -> str:
-    """The stream entry id below which releases are older than retention_s (ids start with their ms time)."""
-    return f"{max(0, now_ms() - int(retention_s * 1000))}-0"
+class StoreRefused(StoreUnavailable):
+    """Redis answered, and refused the command for the data it touches (a key of the camera holds the wrong
+    type, written by hand or by a bug elsewhere): trying again cannot help until the key is repaired."""
 
 
 def _store_error(err: Exception) -> StoreUnavailable:
-    return StoreUnavailable(f"Redis store unavailable: {redact_text(str(err)) or type(err).__name__}")
+    text = redact_text(str(err)) or type(err).__name__
+    if isinstance(err, redis.ResponseError) and str(err).startswith("WRONGTYPE"):
+        return StoreRefused(f"Redis store refused the command: {text}")
+    return StoreUnavailable(f"Redis store unavailable: {text}")
 
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn redis-py errors into `StoreUnavailable` at this edge."""
+    """Turn redis-py errors into `StoreUnavailable` (`StoreRefused` for a key of the wrong type) at this
+    edge."""
     try:
         yield
     except redis.RedisError as err:
         raise _store_error(err) from None
     except OSError as err:  # socket errors that escape redis-py's own classes
         raise _store_error(err) from None
+
+
+def new_release_id() -> str:
+    """A release's id for `append_release`: unique, and meaningless (no content of the release)."""
+    return uuid.uuid4().hex
 
 
 class Heartbeat(NamedTuple):
@@ -182,6 +328,7 @@ class SyncStore:
         self._release = self.redis.register_script(_RELEASE_LUA)
         self._append = self.redis.register_script(_APPEND_LUA)
         self._save_ledger = self.redis.register_script(_LEDGER_LUA)
+        self._trim = self.redis.register_script(_TRIM_LUA)
         self._set_status = self.redis.register_script(_STATUS_LUA)
 
     def close(self) -> None:
@@ -281,39 +428,48 @@ class SyncStore:
     def append_release(
         self, camera_id: str, data: bytes, summary: dict[str, Any], *, ledger_state: dict[str, Any] | None,
         retention_releases: int, retention_s: float | None, worker_id: str, lease_ttl_s: float,
+        release_id: str | None = None,
     ) -> str | None:
         """Store one release atomically (stream entry, latest, ledger); returns its stream entry id, or None
-        when the camera no longer exists or another worker holds its lease.
+        when the camera no longer exists, another worker holds its lease, or `ledger_state` lacks spends of
+        the stored ledger that still count (another worker ran the camera meanwhile: the lease is then left
+        to expire under a value this worker cannot renew, so that it lets the camera go).
 
         Once this returns, the release is acknowledged: with append-only persistence it survives a Redis
-        restart.
+        restart. Calling it again with the same `release_id` (after `StoreUnavailable`: the reply may have
+        been lost after Redis stored the release) returns the same entry id and stores nothing twice, as long
+        as no other release of the camera was stored in between. `StoreRefused` when one of the camera's keys
+        holds the wrong type (nothing is written then).
         """
         fields: list[Any] = ["r", data]
         for k in SUMMARY_FIELDS:
             fields += [k, str(summary[k])]
-        min_id = _oldest_kept_id(retention_s) if retention_s is not None else ""
         k = self.keys
         with translate_errors():
             res = self._append(
                 keys=[k.camera(camera_id), k.releases(camera_id), k.latest(camera_id), k.ledger(camera_id),
                       k.lease(camera_id)],
-                args=[retention_releases, min_id, json.dumps(ledger_state) if ledger_state is not None else "",
+                args=[retention_releases, release_id or new_release_id(),
+                      json.dumps(ledger_state) if ledger_state is not None else "",
                       "", worker_id, int(lease_ttl_s * 1000),
                       max(1, int(retention_s * 1000)) if retention_s is not None else "", *fields])
         return _text(res) if res else None
 
     def trim_old_releases(self, camera_id: str, retention_s: float) -> None:
-        """Drop releases older than retention_s (an idle camera's: appends trim the others)."""
+        """Drop releases older than retention_s (an idle camera's: appends trim the others). Exact, not
+        approximate (a release older than retention_s is never kept), and by Redis's clock."""
         with translate_errors():
-            self.redis.xtrim(self.keys.releases(camera_id), minid=_oldest_kept_id(retention_s))
+            self._trim(keys=[self.keys.releases(camera_id)], args=[max(1, int(retention_s * 1000))])
 
-    def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> None:
+    def save_ledger(self, camera_id: str, state: dict[str, Any], ttl_s: float) -> bool:
         """Store a camera's ledger. It does not expire while the camera exists: a camera stopped for longer
         than its window and then given a longer one must still count the releases that window reaches back
-        to. Once the camera is deleted, it expires after `ttl_s` (as `delete_camera` sets it)."""
+        to. Once the camera is deleted, it expires after `ttl_s` (as `delete_camera` sets it). A state that
+        lacks spends of the stored one that still count (an older snapshot, or another worker's ledger since:
+        see `_LEDGER_ORDER_LUA`) is not written: False then."""
         with translate_errors():
-            self._save_ledger(keys=[self.keys.camera(camera_id), self.keys.ledger(camera_id)],
-                              args=[json.dumps(state), max(1, int(ttl_s * 1000))])
+            return bool(self._save_ledger(keys=[self.keys.camera(camera_id), self.keys.ledger(camera_id)],
+                                          args=[json.dumps(state), max(1, int(ttl_s * 1000))]))
 
     def load_ledger(self, camera_id: str) -> dict[str, Any] | None:
         with translate_errors():

@@ -91,10 +91,12 @@ def read_releases(path: str | os.PathLike) -> Iterator[Release]:
             raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file truncated in its header ({len(head)} bytes)")
         if head[4] != VERSION:
             raise ReleaseFormatError(f"{os.fspath(path)!r}: stats file version {head[4]} is not supported")
-        file_size = os.fstat(fh.fileno()).st_size
-        index = 0
+        # a regular file's size bounds a length before it is read (a garbage length must not allocate
+        # gigabytes); a pipe's is unknown: read it in chunks, so memory follows the bytes that really come
+        st = os.fstat(fh.fileno())
+        file_size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        offset, index = 5, 0
         while True:
-            offset = fh.tell()
             size = fh.read(4)
             if not size:
                 return
@@ -102,16 +104,31 @@ def read_releases(path: str | os.PathLike) -> Iterator[Release]:
                 raise ReleaseFormatError(f"{os.fspath(path)!r}: truncated after {index} releases "
                                          f"(at byte {offset}: {len(size)} of a 4-byte length)")
             (n,) = struct.unpack("<I", size)
-            # checked against the file before reading: a garbage length must not allocate gigabytes
-            if n > file_size - offset - 4:
+            if file_size is not None and n > file_size - offset - 4:
                 raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated (at byte {offset}: "
                                          f"length {n}, {max(file_size - offset - 4, 0)} bytes left)")
-            data = fh.read(n)
+            data = _read_exactly(fh, n)
             if len(data) < n:
-                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated (at byte {offset})")
+                raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} is truncated (at byte {offset}: "
+                                         f"length {n}, {len(data)} bytes left)")
             try:
                 release = Release.from_bytes(data)
             except ReleaseFormatError as exc:
                 raise ReleaseFormatError(f"{os.fspath(path)!r}: release {index} (at byte {offset}): {exc}") from None
             yield release
+            offset += 4 + n
             index += 1
+
+
+def _read_exactly(fh, n: int, chunk: int = 1 << 20) -> bytes:
+    """Up to `n` bytes of `fh` (fewer at its end), read a chunk at a time."""
+    if n <= chunk:
+        return fh.read(n)
+    parts, left = [], n
+    while left:
+        part = fh.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -70,6 +71,23 @@ def test_a_damaged_stats_file_names_the_release_and_its_offset(tmp_path, clip):
     (tmp_path / "mid.dps").write_bytes(bytes(damaged))
     out = run("stats", "show", str(tmp_path / "mid.dps"))
     assert out.returncode == 2 and f"release 1 (at byte {5 + 4 + first})" in out.stderr
+
+
+def test_stats_show_reads_a_pipe(tmp_path, clip):
+    """`stats show /dev/stdin` (a file streamed from a camera's host): a pipe has no size to check the
+    lengths against, so they are read as the bytes come; a cut-off pipe still names the release."""
+    stats = tmp_path / "s.dps"
+    assert run("pixelize", clip, str(tmp_path / "o.mp4"), "--stats", str(stats), "--frames", "3").returncode == 0
+    data = stats.read_bytes()
+    from_file = subprocess.run([DPSTREAM, "stats", "show", str(stats), "--json"], capture_output=True, text=True)
+    piped = subprocess.run([DPSTREAM, "stats", "show", "/dev/stdin", "--json"], input=data, capture_output=True)
+    assert from_file.returncode == 0 and piped.returncode == 0, piped.stderr[-2000:]
+    assert json.loads(piped.stdout)["n_releases"] == json.loads(from_file.stdout)["n_releases"] == 3
+    cut = data + struct.pack("<I", 0xFFFFFFF0) + b"x" * 10  # a garbage length: no 4 GB read, a clear error
+    out = subprocess.run([DPSTREAM, "stats", "show", "/dev/stdin"], input=cut, capture_output=True)
+    err = out.stderr.decode()
+    assert out.returncode == 2 and f"release 3 is truncated (at byte {len(data)}: length 4294967280, 10 bytes left)" \
+        in err, err[-2000:]
 
 
 def test_a_video_cut_off_by_a_full_disk_is_removed_not_left_unplayable(tmp_path, small_disk):

@@ -111,6 +111,23 @@ def _video_streams_only(_rtspsrc, _num: int, caps: Gst.Caps) -> bool:
     return caps.get_size() > 0 and caps.get_structure(0).get_string("media") == "video"
 
 
+# The most an element's first buffer waits for parsebin to take the element in (normally well under 1 ms).
+_PARSEBIN_HANDOVER_S = 1.0
+
+
+def _after_parsebin_took_in(pad: Gst.Pad, _info, connecting_thread: int) -> Gst.PadProbeReturn:
+    """Pad probe of :meth:`FrameSource._hold_first_buffer`: in the thread that carries the element's first
+    buffer, wait until parsebin has unlocked the element's state, then pass the buffer on and remove the
+    probe. A pad that starts flushing (the pipeline stops, or parsebin drops the element) ends the wait."""
+    if threading.get_ident() != connecting_thread:  # parsebin's own thread must never wait for itself
+        element = pad.get_parent_element()
+        deadline = time.monotonic() + _PARSEBIN_HANDOVER_S
+        while (element is not None and element.is_locked_state() and not pad.flags & Gst.PadFlags.FLUSHING
+               and time.monotonic() < deadline):
+            time.sleep(0.0005)
+    return Gst.PadProbeReturn.REMOVE
+
+
 def _file_decoder_threads() -> int:
     """libav frame threads for decoding a file: one more than the cores. Each frame thread waits on the
     previous frame's rows, so with exactly one per core (libav's choice) a core taken by the release
@@ -317,6 +334,7 @@ class FrameSource:
             if self._decoder_threads:
                 self.pipeline.connect("deep-element-added", self._configure_decoder)
             parse = self.pipeline.get_by_name("parse")
+            parse.connect("element-added", self._hold_first_buffer)
             parse.connect("pad-added", self._link_stream)
         self.sink = self.pipeline.get_by_name("sink")
         self.sink.set_property("sync", bool(realtime and self.spec.kind != "rtsp"))
@@ -365,6 +383,24 @@ class FrameSource:
         factory = element.get_factory()
         if factory is not None and factory.get_name().startswith("avdec_") and element.find_property("max-threads"):
             element.set_property("max-threads", self._decoder_threads)
+
+    def _hold_first_buffer(self, _parsebin, element: Gst.Element) -> None:
+        """parsebin added ``element`` to try it: its first buffer waits until parsebin has taken it in.
+
+        parsebin drops every error of an element it is still bringing up (gstparsebin.c, connect_pad: an error
+        filter from before the element's READY until after its PAUSED, then the element's state is unlocked).
+        A demuxer (or parser) that reads the file in pull mode runs its own task from PAUSED on, and on a
+        truncated file fails on its first bytes, often before parsebin lifted the filter: the error was lost
+        and the attempt waited out the connect timeout. Held until the state is unlocked, the element cannot
+        fail before parsebin reports its errors. In push mode the first buffer comes from the thread that
+        connected the element, once it is done: the probe just removes itself.
+        """
+        if not element.is_locked_state():  # not an element parsebin is trying out
+            return
+        connecting_thread = threading.get_ident()  # this callback runs in the thread that connects it
+        for pad in element.sinkpads:
+            pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.PUSH | Gst.PadProbeType.PULL,
+                          _after_parsebin_took_in, connecting_thread)
 
     def _link_stream(self, _parsebin, pad: Gst.Pad) -> None:
         """A file's parsed stream appeared: the first video stream goes to the decoder, any other to a fakesink.

@@ -163,6 +163,8 @@ def decode_description(spec: SourceSpec, *, channels: int, convert_threads: int,
         )
     if spec.kind == "file":
         # parsebin, so that FrameSource picks the stream: the first video stream goes to decodebin, any
-        # other is read and dropped (decodebin alone would decode a file's audio too, for nothing)
+        # other is read and dropped (decodebin alone would decode a file's audio too, for nothing). parsebin
+        # drops the errors of an element it is still bringing up: FrameSource._hold_first_buffer keeps a
+        # demuxer from failing that early
         return f"filesrc name=src ! parsebin name=parse  decodebin name=dec ! {tail}"
     return f"rtspsrc name=src ! decodebin name=dec ! {tail}"

@@ -171,8 +171,10 @@ class StreamsCameraRunner:
             if camera.enabled:
                 self._start_worker(camera)
         except Exception as err:
+            # a store error passes: the worker applies the version again at its heartbeats (worker_process)
+            until = "the store answers" if isinstance(err, StoreUnavailable) else "a later version starts"
             self._failed_reason = (f"config version {camera.version} could not start: {self._redact(err)}; "
-                                   "the camera stays stopped, its budget kept, until a later version starts")
+                                   f"the camera stays stopped, its budget kept, until {until}")
             self._note_error(self._failed_reason)
             raise
         finally:
@@ -182,6 +184,8 @@ class StreamsCameraRunner:
         return redacted_error(err, *cameras, secrets=self._secrets)
 
     def _note_error(self, reason: str) -> None:
+        if self._last_error is not None and self._last_error[0] == reason:
+            return  # a retry failing the same way: no news, and waking the worker would retry at once, in a loop
         self._last_error = (reason, time.time())
         if self._on_change is not None:
             self._on_change()

@@ -14,6 +14,11 @@ reconnecting get theirs back instead of seeing them move.
 No log line or status holds a camera's credentials: every error text passes through `service.redaction`
 with the secrets of the cameras it may be about. A stored config this worker cannot read (written by hand,
 or by another dpstream version) is skipped, with its error, never quoted with its values.
+
+One camera's failure stays that camera's: a step of the heartbeat (lease renewal, config read, trim, claim,
+status report) that fails for one camera (its runner raises, one of its keys holds the wrong type) is noted
+on that camera's status and logged once per distinct error, and the step goes on with the other cameras.
+Only an unreachable store stops a step for all of them (each camera would fail alike, after a timeout).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any, Protocol
 
 from dp.errors import ConfigError, StoreUnavailable
 from service.metrics import LEASES_HELD, REDIS_ERRORS, forget_camera
-from service.models import Camera
+from service.models import Camera, CameraStatus
 from service.publisher import ReleasePublisher
 from service.redaction import redacted_error
 from service.settings import Settings
@@ -97,6 +102,9 @@ def default_worker_id() -> str:
 class Owned:
     camera: Camera
     runner: CameraRunner
+    # Set while `camera` is a version the runner could not restart with for a reason that passes (the store
+    # was unreachable): the status reason, redacted. `_reconcile` applies the version again at every heartbeat.
+    retrying: str | None = None
 
 
 class WorkerProcess:
@@ -139,6 +147,9 @@ class WorkerProcess:
         self._joined = False  # a heartbeat has marked this worker alive
         self._rejoin_until = 0.0  # monotonic time until which we claim no camera we do not hold
         self._unreadable: dict[str, tuple[str, float]] = {}  # camera id -> (redacted error, unix time)
+        # camera id -> {heartbeat step -> (redacted error, unix time since it fails so)}: see _step_failed
+        self._step_errors: dict[str, dict[str, tuple[str, float]]] = {}
+        self._errors_lock = threading.Lock()  # the renewal thread notes errors too
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,8 +180,12 @@ class WorkerProcess:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=10)
         with self._lock:
-            for cid in list(self._owned):
-                self._drop(cid, release_lease=True)
+            for cid, o in list(self._owned.items()):
+                try:
+                    self._drop(cid, release_lease=True)
+                except Exception as err:  # the others are stopped and handed back all the same
+                    log.error("camera stop failed camera_id=%s: %s", cid,
+                              redacted_error(err, o.camera, with_traceback=True))
         self.publisher.stop()
         with contextlib.suppress(StoreUnavailable):
             self.store.remove_worker(self.worker_id)
@@ -201,12 +216,25 @@ class WorkerProcess:
         self.renew()
         with self._lock:
             lost, self._lost = self._lost, set()
-            for cid in lost:
+            for cid in sorted(lost):
                 if cid in self._owned:
-                    log.warning("lease lost camera_id=%s owner=%s", cid, self.store.lease_owner(cid))
-                    self._drop(cid, release_lease=False)
+                    # Stopped first, whatever else fails: another worker holds the lease and runs the camera.
+                    # The owner is only for the log line: reading it must not keep the camera running.
+                    camera = self._owned[cid].camera
+                    try:
+                        self._drop(cid, release_lease=False)
+                    except Exception as err:  # logged, never raised: the other lost cameras must stop too
+                        log.error("camera stop failed camera_id=%s: %s", cid,
+                                  redacted_error(err, camera, with_traceback=True))
+                    try:
+                        owner = self.store.lease_owner(cid)
+                    except StoreUnavailable:
+                        owner = "unknown"
+                    log.warning("lease lost camera_id=%s owner=%s", cid, owner)
         ids = self.store.camera_ids()
         self._unreadable = {cid: e for cid, e in self._unreadable.items() if cid in ids}
+        with self._errors_lock:
+            self._step_errors = {cid: e for cid, e in self._step_errors.items() if cid in ids}
         self._reconcile(ids)
         self._trim_idle()
         self._claim(ids)
@@ -233,13 +261,21 @@ class WorkerProcess:
         self._live_workers = max(1, len(loads))
         self._least_loaded_peer = min((n for w, n in loads.items() if w != self.worker_id), default=None)
         for cid in owned:
-            # a lease that expired meanwhile (e.g. Redis was down) is taken back unless another has it
-            if self.store.renew_lease(cid, self.worker_id, ttl):
-                continue
-            with self._ids_lock:  # never re-take a lease that `_drop` is handing back right now
-                if cid in self._owned_ids and not self.store.acquire_lease(cid, self.worker_id, ttl):
-                    self._lost.add(cid)
-                    self._wake.set()
+            try:
+                self._renew_lease(cid, ttl)
+            except Exception as err:
+                self._step_failed(cid, "lease renewal", err)
+            else:
+                self._step_ok(cid, "lease renewal")
+
+    def _renew_lease(self, cid: str, ttl: float) -> None:
+        # a lease that expired meanwhile (e.g. Redis was down) is taken back unless another has it
+        if self.store.renew_lease(cid, self.worker_id, ttl):
+            return
+        with self._ids_lock:  # never re-take a lease that `_drop` is handing back right now
+            if cid in self._owned_ids and not self.store.acquire_lease(cid, self.worker_id, ttl):
+                self._lost.add(cid)
+                self._wake.set()
 
     def _renew_loop(self) -> None:
         # a separate thread, so that starting or stopping cameras in `tick` (which can take seconds) never
@@ -276,26 +312,44 @@ class WorkerProcess:
     def _reconcile(self, ids: list[str]) -> None:
         with self._lock:
             for cid in list(self._owned):
-                cam, unreadable = self._read_camera(cid) if cid in ids else (None, False)
-                if unreadable:
-                    continue  # keep running the version we have (see _report)
-                if cam is None:
-                    log.info("camera removed camera_id=%s", cid)
-                    self._drop(cid, release_lease=True)
-                    self.publisher.discard_camera(cid)
-                elif (cam.incarnation, cam.version) != (self._owned[cid].camera.incarnation,
-                                                        self._owned[cid].camera.version):
-                    self._apply(cid, cam)
-                elif isinstance(runner := self._owned[cid].runner, FailedRunner) and runner.retry:
-                    self._owned[cid].runner = self._make_runner(cam, previous=runner)  # the store is back, maybe
+                camera = self._owned[cid].camera
+                try:
+                    self._reconcile_one(cid, ids)
+                except Exception as err:  # e.g. its config key holds another type: it keeps its version
+                    self._step_failed(cid, "config reconcile", err, camera)
+                else:
+                    self._step_ok(cid, "config reconcile")
+
+    def _reconcile_one(self, cid: str, ids: list[str]) -> None:
+        cam, unreadable = self._read_camera(cid) if cid in ids else (None, False)
+        if unreadable:
+            return  # keep running the version we have (see _report)
+        owned = self._owned[cid]
+        if cam is None:
+            log.info("camera removed camera_id=%s", cid)
+            self._drop(cid, release_lease=True)
+            self.publisher.discard_camera(cid)
+        elif (cam.incarnation, cam.version) != (owned.camera.incarnation, owned.camera.version):
+            self._apply(cid, cam)
+        elif owned.retrying is not None:
+            self._apply(cid, cam, again=True)  # the restart failed for a passing reason: the store is back, maybe
+        elif isinstance(runner := owned.runner, FailedRunner) and runner.retry:
+            owned.runner = self._make_runner(cam, previous=runner)  # the store is back, maybe
 
     def _trim_idle(self) -> None:
         """retention_s holds for cameras that stopped releasing too (disabled, failing): appends trim only
         while releases come."""
         with self._lock:
             retained = [(cid, o.camera.retention_s) for cid, o in self._owned.items() if o.camera.retention_s]
+            for cid in set(self._owned) - {cid for cid, _ in retained}:
+                self._step_ok(cid, "release trim")  # its retention_s is gone: so is the trim that failed
         for cid, retention_s in retained:
-            self.store.trim_old_releases(cid, retention_s)
+            try:
+                self.store.trim_old_releases(cid, retention_s)
+            except Exception as err:  # e.g. its releases key holds another type
+                self._step_failed(cid, "release trim", err)
+            else:
+                self._step_ok(cid, "release trim")
 
     def _claim(self, ids: list[str]) -> None:
         fair_share = math.ceil(len(ids) / self._live_workers) if ids else 0
@@ -329,10 +383,14 @@ class WorkerProcess:
                 break
             if cid not in unleased or (len(self._owned) >= target and cid not in overdue):
                 continue
-            cam, _unreadable = self._read_camera(cid)  # an unreadable one is left to a worker that can read it
-            if cam is None or not self.store.acquire_lease(cid, self.worker_id, self.settings.lease_ttl_s):
+            try:
+                cam, _unreadable = self._read_camera(cid)  # an unreadable one is left to a worker that can read it
+                if cam is not None and self.store.acquire_lease(cid, self.worker_id, self.settings.lease_ttl_s):
+                    self._start_camera(cam)
+            except Exception as err:  # e.g. its config key holds another type: the next camera is claimed
+                self._step_failed(cid, "claim", err)
                 continue
-            self._start_camera(cam)
+            self._step_ok(cid, "claim")
         # wake up when the first foreign lease runs out, so a dead worker's camera moves within its TTL
         live = [p / 1000.0 for p in pttls if p >= 0]
         if rejoining_s > 0 and unleased:
@@ -362,31 +420,46 @@ class WorkerProcess:
                     "version=%s: %s", cam.id, cam.version, reason)
             return failed
 
-    def _apply(self, cid: str, cam: Camera) -> None:
+    def _apply(self, cid: str, cam: Camera, *, again: bool = False) -> None:
+        """Apply a config version to a camera this worker runs. `again`: the same version once more, after
+        its restart failed for a reason that passes (`Owned.retrying`)."""
         owned = self._owned.get(cid)
         # Versions order the changes of one camera. A camera deleted and created again under its id (a new
         # incarnation, version 1 again) is applied whatever the version: else a worker that missed the delete
         # would run the old settings until the new camera's version passed them. A stale read of the old one
         # after that is undone by the next heartbeat's reconcile, which reads the store.
-        if owned is None or (cam.incarnation == owned.camera.incarnation and cam.version <= owned.camera.version):
+        if owned is None or (not again and cam.incarnation == owned.camera.incarnation
+                             and cam.version <= owned.camera.version):
             return
         if isinstance(owned.runner, FailedRunner):  # a new version may fix it: try again
             owned.runner = self._make_runner(cam)
             owned.camera = cam
             return
+        # Always the runner that ran the camera, never a new one from the factory: its ledger holds every
+        # spend, also those whose releases still wait in the publisher (the stored ledger lacks them).
+        previous, owned.retrying = owned.retrying, None
         try:
             owned.runner.apply(cam)
-            log.info("camera config applied camera_id=%s version=%s", cid, cam.version)
         except Exception as err:  # the runner's status says what happened to the camera (see CameraRunner)
-            log.warning("camera config not applied camera_id=%s version=%s: %s", cid, cam.version,
-                        redacted_error(err, cam, owned.camera))
-        owned.camera = cam  # applied or not, do not retry the same version every heartbeat
+            reason = redacted_error(err, cam, owned.camera)
+            if isinstance(err, StoreUnavailable):  # passes: applied again at every heartbeat (_reconcile)
+                owned.retrying = (f"config version {cam.version} could not start: {reason}; retrying at every "
+                                  "heartbeat, the budget kept")
+            log.log(logging.DEBUG if owned.retrying is not None and owned.retrying == previous else logging.WARNING,
+                    "camera config not applied camera_id=%s version=%s: %s%s", cid, cam.version, reason,
+                    "; retrying at every heartbeat" if owned.retrying else "")
+        else:
+            log.info("camera config applied camera_id=%s version=%s%s", cid, cam.version,
+                     " (retried)" if previous else "")
+        owned.camera = cam  # applied or not, a version that cannot be is not retried unless it may pass
 
     def _drop(self, cid: str, *, release_lease: bool) -> None:
         """Stop a camera. With `release_lease` (a graceful hand-over) its queued releases are stored first,
         then its ledger, then the lease is handed back, so the next worker starts from the full ledger."""
         with self._ids_lock:
             self._owned_ids.discard(cid)
+        with self._errors_lock:  # what failed for it here is no longer this worker's to report
+            self._step_errors.pop(cid, None)
         owned = self._owned.pop(cid, None)
         if owned is not None:
             try:
@@ -403,7 +476,11 @@ class WorkerProcess:
             self.publisher.discard_camera(cid)
         forget_camera(cid)
         if owned is not None:
-            owned.runner.save_state()
+            try:
+                owned.runner.save_state()
+            except Exception as err:  # the last stored release carries a recent state; hand the lease back
+                log.error("camera state not saved camera_id=%s: %s", cid,
+                          redacted_error(err, owned.camera, with_traceback=True))
         with contextlib.suppress(StoreUnavailable):  # else it expires by itself
             self.store.release_lease(cid, self.worker_id)
 
@@ -411,14 +488,77 @@ class WorkerProcess:
         with self._lock:
             owned = list(self._owned.items())
         for cid, o in owned:
-            doc = o.runner.status()
-            if cid in self._unreadable:  # the store holds a version we cannot read: say we still run ours
-                reason, since_s = self._unreadable[cid]
-                doc["last_error"] = (f"the stored config is unreadable ({reason}); still running version "
-                                     f"{o.camera.version}")
-                doc["last_error_s"] = since_s
-            doc["updated_s"] = time.time()
-            self.store.set_status(cid, doc, ttl_s=self.settings.lease_ttl_s * 3)
+            try:
+                self.store.set_status(cid, self._status_doc(cid, o), ttl_s=self.settings.lease_ttl_s * 3)
+            except Exception as err:
+                self._step_failed(cid, "status report", err, o.camera)
+            else:
+                self._step_ok(cid, "status report")
+
+    def _status_doc(self, cid: str, o: Owned) -> dict[str, Any]:
+        """The runner's status, with what the worker knows on top; a runner whose status cannot be read (it
+        raises, or returns what the API could not read back) is FAILED, saying so."""
+        try:
+            doc = dict(o.runner.status())
+            CameraStatus.model_validate({**doc, "id": cid})  # else the API's reads (list, /metrics) would fail
+            json.dumps(doc)
+        except Exception as err:
+            reason = self._step_failed(cid, "status", err, o.camera)
+            doc = {"state": "FAILED", "reason": f"the worker cannot read this camera's status: {reason}; it may "
+                   "still be releasing, within its budget"}
+        else:
+            self._step_ok(cid, "status")
+        if o.retrying is not None:  # the runner says why its restart failed; the worker says it retries
+            doc["state"], doc["reason"] = "FAILED", o.retrying
+        with self._errors_lock:  # (a failing status or report says so itself, or is not seen at all)
+            failing = {step: e for step, e in self._step_errors.get(cid, {}).items()
+                       if step not in ("status", "status report")}
+        if failing:  # the latest of the steps failing for this camera alone
+            step, (reason, since_s) = max(failing.items(), key=lambda kv: kv[1][1])
+            doc["last_error"], doc["last_error_s"] = f"the worker's {step} fails for this camera: {reason}", since_s
+        if cid in self._unreadable:  # the store holds a version we cannot read: say we still run ours
+            reason, since_s = self._unreadable[cid]
+            doc["last_error"] = (f"the stored config is unreadable ({reason}); still running version "
+                                 f"{o.camera.version}")
+            doc["last_error_s"] = since_s
+        doc["updated_s"] = time.time()
+        return doc
+
+    # --- one camera's failure stays that camera's ------------------------------------------------
+    def _step_failed(self, cid: str, step: str, err: Exception, *cameras: Camera | None) -> str:
+        """Note that heartbeat `step` failed for camera `cid` alone, so that the caller carries on with the
+        others; returns the redacted reason. Logged once per distinct error (with the traceback when it is
+        not the store's) and shown on the camera's status until the step works again (`_step_ok`).
+
+        Raises `StoreUnavailable` when the store itself is unreachable: then every camera would fail alike,
+        each after a socket timeout, and it is the heartbeat's error, retried at the next one."""
+        if isinstance(err, StoreUnavailable):
+            self.store.ping()  # raises when the store is down; answers when the error was this camera's keys
+        owned = self._owned.get(cid)
+        cameras = (*cameras, owned.camera if owned else None)
+        reason = redacted_error(err, *cameras)
+        with self._errors_lock:
+            steps = self._step_errors.setdefault(cid, {})
+            repeated = step in steps and steps[step][0] == reason
+            if not repeated:
+                steps[step] = (reason, time.time())
+        if repeated:
+            log.debug("%s failed again camera_id=%s: %s", step, cid, reason)
+        elif isinstance(err, StoreUnavailable):
+            log.warning("%s failed camera_id=%s (the other cameras carry on): %s", step, cid, reason)
+        else:  # a bug, or a runner's: the traceback says where
+            log.error("%s failed camera_id=%s (the other cameras carry on): %s", step, cid,
+                      redacted_error(err, *cameras, with_traceback=True))
+        return reason
+
+    def _step_ok(self, cid: str, step: str) -> None:
+        with self._errors_lock:
+            steps = self._step_errors.get(cid)
+            if not steps or steps.pop(step, None) is None:
+                return
+            if not steps:
+                del self._step_errors[cid]
+        log.info("%s works again camera_id=%s", step, cid)
 
     # --- live config by pub/sub ------------------------------------------------------------------
     def _listen(self) -> None:
@@ -453,15 +593,19 @@ class WorkerProcess:
         if not owned:
             self._wake.set()  # maybe a new camera: claim it now rather than at the next heartbeat
             return
-        if event.get("op") == "delete":
-            with self._lock:
-                self._drop(cid, release_lease=True)
-            self.publisher.discard_camera(cid)
-            return
         try:
-            cam = self.store.get_camera(cid)
-        except (StoreUnavailable, StoredCameraUnreadable):  # the heartbeat reads it again, and reports it
-            return
-        if cam is not None:
-            with self._lock:
-                self._apply(cid, cam)
+            if event.get("op") == "delete":
+                with self._lock:
+                    self._drop(cid, release_lease=True)
+                self.publisher.discard_camera(cid)
+                return
+            try:
+                cam = self.store.get_camera(cid)
+            except (StoreUnavailable, StoredCameraUnreadable):  # the heartbeat reads it again, and reports it
+                return
+            if cam is not None:
+                with self._lock:
+                    self._apply(cid, cam)
+        except Exception as err:  # one camera's event: the subscription (every camera's) carries on
+            log.error("config event failed camera_id=%s: %s", cid, redacted_error(err, *self._owned_cameras(),
+                                                                                  with_traceback=True))

@@ -157,11 +157,17 @@ class StreamsCameraRunner:
             self._note_error(f"config version {camera.version} refused: {self._redact(err, camera)}; version "
                              f"{old.version} stays in effect until a later version is accepted")
             raise
+        if not restart:
+            try:  # before anything changes: the backend may refuse the spec (CUDA's shared memory)
+                self._worker.update_config(spec=spec, release_fps=camera.release_fps)
+            except Exception as err:
+                self._note_error(f"config version {camera.version} refused: {self._redact(err, camera)}; "
+                                 f"version {old.version} stays in effect until a later version is accepted")
+                raise
         self.ledger.reconfigure(camera.eps_window, camera.window_s)  # keeps every spend
         self._camera = camera
         self._secrets = tuple(dict.fromkeys((*url_secrets(camera.source), *self._secrets)))
         if not restart:
-            self._worker.update_config(spec=spec, release_fps=camera.release_fps)
             return
         # status() runs on another thread: between the stop and the start it says STARTING, not DISABLED
         self._restarting = camera.version if camera.enabled else None

@@ -145,3 +145,15 @@ def worker(settings: Settings, dp_warm):
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def proxy(valkey_server, redis_url: str):
+    """A `ReplyProxy` (tests/service/test_store_audit.py) in front of the test server."""
+    from tests.service.test_store_audit import ReplyProxy
+
+    p = ReplyProxy(valkey_server.port)
+    try:
+        yield p
+    finally:
+        p.close()

@@ -23,15 +23,6 @@ KEYS = Keys()
 
 
 @pytest.fixture
-def proxy(valkey_server, redis_url: str) -> Iterator[ReplyProxy]:
-    p = ReplyProxy(valkey_server.port)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     store = SyncStore(redis_url)
     for cid in ("c", "bad"):

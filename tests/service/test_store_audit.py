@@ -130,15 +130,6 @@ def _close(s: socket.socket) -> None:
 
 
 @pytest.fixture
-def proxy(valkey_server, redis_url: str) -> Iterator[ReplyProxy]:
-    p = ReplyProxy(valkey_server.port)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     client.set("dpstream:camera:{c}", Camera(id="c", source="test:ball").model_dump_json())

@@ -15,19 +15,10 @@ import pytest
 import redis
 
 from service.camera_runner import StreamsCameraRunner
-from service.keys import Keys
 from service.settings import Settings
 from tests.service.conftest import wait_for
+from tests.service.test_runner_failures import KEYS, PASSWORD, SECRET_SOURCE, stored_status
 from tests.service.test_worker import make_camera, releases_of, status_of
-
-KEYS = Keys()
-PASSWORD = "s3cret-pw"
-SECRET_SOURCE = f"rtsp://admin:{PASSWORD}@127.0.0.1:1/live"
-
-
-def stored_status(r: redis.Redis, camera_id: str) -> dict:
-    raw = r.get(KEYS.status(camera_id))
-    return json.loads(raw) if raw else {}
 
 
 def reported_after(r: redis.Redis, camera_id: str, t_s: float) -> dict:

@@ -151,19 +151,14 @@ class StreamsCameraRunner:
         """
         old = self._camera
         restart = self._worker is None or any(getattr(old, f) != getattr(camera, f) for f in RESTART_FIELDS)
-        try:
+        try:  # before anything changes: dp may refuse the spec, and a live worker its backend's limits
             spec = camera.to_spec()
+            if not restart:
+                self._worker.update_config(spec=spec, release_fps=camera.release_fps)
         except Exception as err:
             self._note_error(f"config version {camera.version} refused: {self._redact(err, camera)}; version "
                              f"{old.version} stays in effect until a later version is accepted")
             raise
-        if not restart:
-            try:  # before anything changes: the backend may refuse the spec (CUDA's shared memory)
-                self._worker.update_config(spec=spec, release_fps=camera.release_fps)
-            except Exception as err:
-                self._note_error(f"config version {camera.version} refused: {self._redact(err, camera)}; "
-                                 f"version {old.version} stays in effect until a later version is accepted")
-                raise
         self.ledger.reconfigure(camera.eps_window, camera.window_s)  # keeps every spend
         self._camera = camera
         self._secrets = tuple(dict.fromkeys((*url_secrets(camera.source), *self._secrets)))

@@ -55,6 +55,12 @@ def _cache_follows_cell_math() -> bool:
             if not ours:
                 return False
             locators[:0] = ours
+        # Numba caches where it can write (NUMBA_CACHE_DIR, the source's __pycache__, the user's cache
+        # directory) and refuses to define a cache=True function at all when it can write nowhere (a read-only
+        # image run with a read-only home): then compile in memory instead, every start, rather than fail.
+        for probe, path in ((_cache_follows_cell_math, here), (cell_math.compile_with, shared)):
+            if not any(cls.from_function(probe, path) is not None for cls in locators):
+                return False
         return True
     except (ImportError, AttributeError, TypeError):
         return False

@@ -87,3 +87,20 @@ def test_the_readme_documents_every_setting() -> None:
     names = [a for f in Settings.model_fields.values() for a in f.validation_alias.choices if a.isupper()]
     assert len(names) == len(Settings.model_fields)
     assert not [n for n in names if f"`{n}`" not in readme]
+
+
+def test_workers_outlast_their_own_exit_wait_and_the_image_ships_compiled_kernels() -> None:
+    from streams.worker import _EXIT_WAIT_S
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    grace = re.fullmatch(r"(\d+)s", str(services["worker"]["stop_grace_period"]))
+    assert grace and int(grace[1]) > _EXIT_WAIT_S  # Docker never SIGKILLs a worker waiting for a compile
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    steps = [line.split(None, 1) for line in dockerfile.splitlines() if line[:1].isupper()]
+    runtime = [i for i, step in enumerate(steps) if step == ["USER", "dpstream"]]
+    compile_step = [i for i, step in enumerate(steps) if step == ["RUN", "dpstream precompile"]]
+    # compiled as the runtime user (Numba ignores a cache directory it cannot write), into the image's
+    # NUMBA_CACHE_DIR, in the final stage
+    assert runtime and compile_step and compile_step[0] > runtime[-1]
+    assert "NUMBA_CACHE_DIR=/var/cache/dpstream/numba" in dockerfile
+    assert "precompile" in CliRunner().invoke(app, ["--help"], terminal_width=200).output

@@ -34,6 +34,12 @@ __all__ = ["PrivateMount"]
 
 
 _START_POLL_S = 0.02  # how often a client's starting stream is checked for PLAYING
+_START_WAIT_S = 30.0  # a client not PLAYING this long after it joined is no longer polled (the keepalive covers it)
+# A nominal frame rate in the caps: with framerate=0/1 x264 takes the input as variable-rate and holds one
+# frame back (it needs the next timestamp), so every client saw each release one push late and a new client's
+# stream could not start on a single release (DESCRIBE answered 503 when no second push came). Timestamps are
+# still the appsrc's own (do-timestamp); only x264's rate control assumes this rate.
+_NOMINAL_FPS = "30/1"
 
 
 def _shallow_copy(buf: Gst.Buffer) -> Gst.Buffer:
@@ -61,6 +67,9 @@ class PrivateMount:
         self.keepalive_s = keepalive_s
         self._lock = threading.Lock()
         self._appsrcs: list[Gst.Element] = []
+        # clients that have not had a frame yet -> when they joined: only these are polled while they start
+        self._unfed: dict[Gst.Element, float] = {}
+        self._medias: list[GstRtspServer.RTSPMedia] = []  # the clients' media (to end their sessions on removal)
         self._latest: Release | None = None
         self._latest_frame: tuple[Gst.Buffer, Gst.Caps] | None = None  # the reconstruction, made once
         self._last_push_mono = 0.0
@@ -78,6 +87,7 @@ class PrivateMount:
         self.factory.connect("media-configure", self._on_media_configure)
         self._wake = threading.Condition(self._lock)
         self._pending = False  # a release not yet pushed
+        self._joined = False  # a client joined: push the latest frame to it (to it alone)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"dpstream-private-{camera_id}", daemon=True)
         self._thread.start()
@@ -103,12 +113,18 @@ class PrivateMount:
                 self._pending = True
                 self._wake.notify()
 
+    def medias(self) -> list[GstRtspServer.RTSPMedia]:
+        """The media of the clients currently served (one each)."""
+        with self._lock:
+            return list(self._medias)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the mount's thread and end every client's stream. Idempotent."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
             srcs, self._appsrcs = self._appsrcs, []
+            self._unfed.clear()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
         for src in srcs:
@@ -116,7 +132,7 @@ class PrivateMount:
 
     def _run(self) -> None:
         """Push each new release (newest first, older ones skipped) and repeat the last one when idle."""
-        starting = False  # a client's stream was not playing yet at the last push
+        starting = False  # a client that has had no frame yet was not playing at the last push
         while True:
             with self._lock:
                 if starting:
@@ -125,15 +141,21 @@ class PrivateMount:
                     self._wake.wait(self.keepalive_s if self.keepalive_s > 0 else None)
                 if self._closed:
                     return
-                fresh, self._pending = self._pending or starting, False
+                fresh, self._pending = self._pending, False
+                joined, self._joined = self._joined, False
                 idle_s = time.monotonic() - self._last_push_mono
                 watched = bool(self._appsrcs)
-            starting = False
-            if watched and (fresh or (self.keepalive_s > 0 and idle_s >= self.keepalive_s)):
+            due = fresh or (self.keepalive_s > 0 and idle_s >= self.keepalive_s)
+            if watched and (due or starting or joined):
                 try:
-                    starting = self._push_latest() > 0
+                    # A poll for starting clients pushes to those alone: a client that stays out of PLAYING
+                    # (paused) must not make every other client encode the same frame at the poll rate.
+                    starting = self._push_latest(everyone=due) > 0
                 except Exception:  # keep serving; never log frame content
+                    starting = False
                     log.exception("private mount %s: could not push a frame", self.path)
+            else:
+                starting = False
 
     # --- internals (server thread and release thread) --------------------------------------------
     def _frame_for_latest(self) -> tuple[Gst.Buffer, Gst.Caps] | None:
@@ -146,35 +168,40 @@ class PrivateMount:
         if release.channels == 3:  # colour: straight to I420, which the encoder takes unconverted
             he, we = release.height + release.height % 2, release.width + release.width % 2
             caps = Gst.Caps.from_string(
-                f"video/x-raw,format=I420,width={we},height={he},framerate=0/1,colorimetry=bt601"
+                f"video/x-raw,format=I420,width={we},height={he},framerate={_NOMINAL_FPS},colorimetry=bt601"
             )
             packed = (filled_buffer(release.i420_size, lambda out: release.reconstruct_i420(out=out)), caps)
         else:
             frame = even_padded(release.reconstruct())
             h, w, _ = frame.shape
-            caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate=0/1")
+            caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate={_NOMINAL_FPS}")
             packed = (packed_buffer(frame), caps)
         with self._lock:
             if self._latest is release:
                 self._latest_frame = packed
         return packed
 
-    def _push_latest(self) -> int:
-        """Push the latest frame to every client whose stream plays; the number still starting (not pushed)."""
+    def _push_latest(self, everyone: bool = True) -> int:
+        """Push the latest frame to every client whose stream plays (``everyone=False``: only to those that have
+        had no frame yet); the number of clients with no frame yet that are still starting (not pushed)."""
         packed = self._frame_for_latest()
         if packed is None:
             return 0
         frame, caps = packed
+        now = time.monotonic()
         with self._lock:
-            srcs = list(self._appsrcs)
-            self._last_push_mono = time.monotonic()
+            unfed = dict(self._unfed)
+            srcs = list(self._appsrcs) if everyone else [src for src in self._appsrcs if src in unfed]
+            if everyone:
+                self._last_push_mono = now
         starting = 0
         for src in srcs:
             # A buffer pushed before the client's pipeline plays gets no valid timestamp from do-timestamp
             # (no clock yet); seen as a stream that never delivered a frame. The media goes to PLAYING on its
             # own (a live source needs no preroll), and the frame follows a few milliseconds later.
             if src.get_state(0)[1] != Gst.State.PLAYING:
-                starting += 1
+                if src in unfed and now - unfed[src] < _START_WAIT_S:
+                    starting += 1
                 continue
             current = src.get_property("caps")
             if current is None or not current.is_equal(caps):
@@ -183,6 +210,9 @@ class PrivateMount:
             ret = src.emit("push-buffer", _shallow_copy(frame))
             if ret == Gst.FlowReturn.OK:
                 self.frames_pushed += 1
+                if src in unfed:
+                    with self._lock:
+                        self._unfed.pop(src, None)
             else:
                 self.push_failures += 1
                 self.last_push_result = Gst.flow_get_name(ret)
@@ -193,12 +223,17 @@ class PrivateMount:
         media.connect("unprepared", self._on_media_unprepared, src)
         with self._lock:
             self._appsrcs.append(src)
-            self._pending = self._latest is not None  # a new client sees the current frame at once
+            self._unfed[src] = time.monotonic()
+            self._medias.append(media)
+            self._joined = True  # a new client sees the current frame at once (the others get no extra copy)
             self._wake.notify()
         log.info("private mount %s: client connected", self.path)
 
-    def _on_media_unprepared(self, _media, src) -> None:
+    def _on_media_unprepared(self, media, src) -> None:
         with self._lock:
             if src in self._appsrcs:
                 self._appsrcs.remove(src)
+            self._unfed.pop(src, None)
+            if media in self._medias:
+                self._medias.remove(media)
         log.info("private mount %s: client left", self.path)

@@ -46,6 +46,8 @@ __all__ = ["LocalRtspServer", "TestPatternMount"]
 
 _MOUNT_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
 _CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_PRIVATE_LEAF = "/private"  # /<camera_id>/private: only privatized mounts may take such a path
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # what a local client connects to
 
 
 @dataclass
@@ -94,14 +96,20 @@ class LocalRtspServer:
         auth: tuple[str, str] | None = None,
         tls: tuple[str, str] | None = None,
         public_host: str | None = None,
+        session_timeout_s: int = 60,
     ) -> None:
         """``auth``: (user, password) for RTSP basic authentication. ``tls``: (certificate file, private
         key file), both PEM: every connection is then RTSP over TLS and :meth:`url` gives ``rtsps://``.
         ``public_host``: the host :meth:`public_url` gives clients elsewhere (default: ``host``, or this
-        machine's name when ``host`` is a wildcard address, which no client can connect to)."""
+        machine's name when ``host`` is a wildcard address, which no client can connect to).
+        ``session_timeout_s``: a session its client no longer keeps alive (RTCP, RTSP keepalives) is removed,
+        with its media pipeline, this long after the client was last heard from."""
         ensure_init()
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"port={port!r} must be within 0..65535")
+        if not 1 <= int(session_timeout_s) <= 3600:
+            raise ConfigError(f"session_timeout_s={session_timeout_s!r} must be within 1..3600")
+        self.session_timeout_s = int(session_timeout_s)
         self.host = host
         if public_host is None:
             public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
@@ -115,6 +123,7 @@ class LocalRtspServer:
         # One thread per client connection (the default is a single thread for all clients, where one
         # client's slow media preparation delays every other client's RTSP responses).
         self.server.get_thread_pool().set_max_threads(64)
+        self.server.connect("client-connected", self._on_client_connected)
         self._context = GLib.MainContext.new()
         self._loop = GLib.MainLoop.new(self._context, False)
         self._thread: threading.Thread | None = None
@@ -147,6 +156,16 @@ class LocalRtspServer:
                 raise ConfigError(f"tls certificate {cert_file!r} / key {key_file!r}: {exc.message}") from None
         self.server.set_auth(auth)
 
+    def _on_client_connected(self, _server, client) -> None:
+        client.connect("new-session", lambda _client, session: session.set_timeout(self.session_timeout_s))
+
+    def _cleanup_sessions(self, *_args) -> bool:
+        # GstRtspServer removes expired sessions only when asked: without this, a client that vanished
+        # without a TEARDOWN (power loss, a dropped network) kept its session, and so its media pipeline
+        # (appsrc, encoder, payloader), for the life of the server.
+        self.server.get_session_pool().cleanup()
+        return True
+
     def _secure(self, factory: GstRtspServer.RTSPMediaFactory) -> None:
         if self._auth is not None or self._tls:
             role = "user" if self._auth is not None else "anonymous"
@@ -172,6 +191,9 @@ class LocalRtspServer:
                 f"RTSP server cannot listen on {self.host}:{self._requested_port} (port taken?)"
             )
         self.port = self.server.get_bound_port()
+        cleanup = GLib.timeout_source_new(int(min(2.0, self.session_timeout_s / 2) * 1000))
+        cleanup.set_callback(self._cleanup_sessions)
+        cleanup.attach(self._context)
         self._thread = threading.Thread(target=self._loop.run, name=f"dpstream-rtsp-{self.port}", daemon=True)
         self._thread.start()
         log.info("RTSP server listening on %s:%d", self.host, self.port)
@@ -217,9 +239,13 @@ class LocalRtspServer:
 
     # --- mounts ------------------------------------------------------------------------------------
     def url(self, mount: str, *, user: str | None = None, password: str | None = None) -> str:
-        """The ``rtsp://`` (``rtsps://`` with TLS) URL of ``mount`` (with credentials if given: never log it)."""
+        """The ``rtsp://`` (``rtsps://`` with TLS) URL of ``mount`` for a client on this machine (with
+        credentials if given: never log it). A wildcard ``host`` gives the loopback address; an IPv6 address is
+        bracketed."""
         userinfo = f"{user}:{password}@" if user is not None else ""
-        return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{self.host}:{self.port}{mount}"
+        host = _WILDCARD_HOSTS.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{host}:{self.port}{mount}"
 
     def public_url(self, mount: str) -> str:
         """The URL of ``mount`` for clients on other machines (never with credentials)."""
@@ -229,6 +255,11 @@ class LocalRtspServer:
     def _check_mount(self, mount: str) -> None:
         if not _MOUNT_RE.match(mount):
             raise ConfigError(f"mount={mount!r} must look like /name or /name/sub (letters, digits, _ . -)")
+        if mount.endswith(_PRIVATE_LEAF) or mount in self._private:
+            # add_factory replaces a mount silently: camera input served there would reach the viewers of a
+            # camera's /<id>/private re-stream (before, after or instead of its releases)
+            raise ConfigError(f"mount={mount!r}: paths ending in {_PRIVATE_LEAF!r} are reserved for privatized "
+                              "re-streams (serve_private)")
 
     def serve_test_pattern(
         self,
@@ -299,12 +330,44 @@ class LocalRtspServer:
         self._private[path] = mount
         return mount
 
-    def remove(self, mount: str) -> None:
-        """Unmount ``mount`` (clients already playing keep their session until they leave)."""
+    def remove(self, mount: str, timeout_s: float = 5.0) -> None:
+        """Unmount ``mount``. Clients of a test pattern or file keep their session until they leave; the
+        sessions of a privatized mount's clients are ended (its camera is gone: nothing would feed them, and a
+        player that keeps its session alive would hold the media pipeline forever)."""
         self._mounts.remove_factory(mount)
         private = self._private.pop(mount, None)
         if private is not None:
+            medias = private.medias()
             private.close()
+            if medias:
+                self._end_sessions(medias, timeout_s)
+
+    def _end_sessions(self, medias: list, timeout_s: float) -> None:
+        """Remove every session that plays one of ``medias`` (on the server's thread, as :meth:`stop` does)."""
+        pool = self.server.get_session_pool()
+
+        def plays_one(_pool, session, *_a):
+            if any(sm.get_media() in medias for sm in session.filter(None)):
+                return GstRtspServer.RTSPFilterResult.REMOVE
+            return GstRtspServer.RTSPFilterResult.KEEP
+
+        if self._thread is None or not self._thread.is_alive():
+            pool.filter(plays_one)
+            return
+        done = threading.Event()
+
+        def _remove(*_args) -> bool:
+            try:
+                pool.filter(plays_one)
+            finally:
+                done.set()
+            return False
+
+        idle = GLib.idle_source_new()
+        idle.set_callback(_remove)
+        idle.attach(self._context)
+        if not done.wait(timeout_s):
+            log.warning("RTSP server: the sessions of a removed mount were not ended within %.1f s", timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
 from service.api import audits, cameras, errors, health, releases
 from service.audits import AuditRunner
@@ -26,6 +27,11 @@ Every `/api/v1` route needs `Authorization: Bearer <token>`: read scope for GET,
 Each camera states its guarantee as `(eps_window, m_pixels, window_s)`: any `window_s` seconds of its
 releases are `eps_window`-differentially private for changes of up to `m_pixels` pixel positions.
 """
+
+
+# the methods a request is labelled with; any other is "other". The method comes from the caller, before any
+# token is checked: with uvicorn's h11 parser (no httptools) any token is a method, and each one a new series
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestTimer:
@@ -51,8 +57,62 @@ class RequestTimer:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            API_REQUEST_DURATION.labels(scope["method"], path, str(status_code[0])).observe(
+            method = scope["method"] if scope["method"] in METHOD_LABELS else "other"
+            API_REQUEST_DURATION.labels(method, path, str(status_code[0])).observe(
                 time.perf_counter() - t0)
+
+
+MAX_BODY_BYTES = 2 << 20  # the largest camera (a 65,536-block layout map) is about 330 kB of JSON
+
+
+class BodyLimit:
+    """Pure ASGI middleware refusing request bodies over `max_bytes` with a 413.
+
+    FastAPI reads and parses a JSON body before it checks the bearer token, so without a bound anyone who
+    reaches the port could make the API hold and parse a body of any size. A declared Content-Length over
+    the bound is refused before a byte is read; a chunked body is counted as it arrives.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1  # the HTTP server refuses these itself
+                if declared > self.max_bytes:
+                    await self._refuse(send)
+                    return
+        seen = 0
+
+        async def receive_counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # raised inside the route's body read: FastAPI passes an HTTPException on as it is
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, receive_counted, send)
+
+    def _detail(self) -> str:
+        return f"request body over {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": self._detail()}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings, store: AsyncStore | None = None) -> FastAPI:
@@ -90,5 +150,6 @@ def create_app(settings: Settings, store: AsyncStore | None = None) -> FastAPI:
     app.include_router(cameras.router)
     app.include_router(releases.router)
     app.include_router(audits.router)
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer)
     return app

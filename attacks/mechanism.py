@@ -54,6 +54,15 @@ class MechanismAuditConfig:
             if getattr(self, name) < 100:
                 raise AuditError(f"{name}={getattr(self, name)}: the audit needs at least 100 releases per frame "
                                  f"(the default is {getattr(MechanismAuditConfig, name):,})")
+        # the largest bound n_eval samples can ever show (every X' sample in S, no X sample in S): a claim at or
+        # above it passes whatever the mechanism does, so the audit would say nothing
+        top = max_detectable_eps(self.n_eval, 1.0 - self.confidence)
+        if self.eps_pix >= top:
+            raise AuditError(
+                f"eps_pix={self.eps_pix:g} cannot be audited with n_eval={self.n_eval:,} at confidence "
+                f"{self.confidence:g}: no outcome can show a lower bound above {top:.2f}, so the audit could not fail; "
+                f"raise --n-eval (each factor e buys about 1 more) or audit a smaller eps"
+            )
 
 
 @dataclass
@@ -133,6 +142,11 @@ def _events(samples_xp: np.ndarray, samples_x: np.ndarray):
     for t in range(0, 255 * c + 1, max(1, c)):
         yield f"channel sum >= {t}", int((sums_xp >= t).sum()), int((sums_x >= t).sum())
         yield f"channel sum <= {t}", int((sums_x <= t).sum()), int((sums_xp <= t).sum())
+
+
+def max_detectable_eps(n: int, alpha: float) -> float:
+    """The largest eps_lower_bound n samples per frame can give at confidence 1 - alpha."""
+    return _lower_bound(n, 0, n, alpha)
 
 
 def _lower_bound(hits_num: int, hits_den: int, n: int, alpha: float) -> float:

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from attacks.errors import AuditError
-from attacks.mechanism import MechanismAuditConfig, audit_mechanism, neighbouring_cells
+from attacks.mechanism import (
+    MechanismAuditConfig,
+    _lower_bound,
+    audit_mechanism,
+    max_detectable_eps,
+    neighbouring_cells,
+)
 from dp import Pixelizer, PixelizeSpec
 
 from .conftest import read_json, run_attacks
@@ -66,6 +72,33 @@ def test_audit_refuses_m_pixels_that_do_not_fit_in_a_cell():
 def test_audit_refuses_too_few_releases_to_bound_anything(counts):
     with pytest.raises(AuditError, match="at least 100 releases"):
         MechanismAuditConfig(eps_pix=1.0, m_pixels=16, **counts)
+
+
+def test_max_detectable_eps_is_the_largest_bound_any_outcome_gives():
+    n, alpha = 300, 0.01
+    # Clopper-Pearson at alpha/2 each side: n/n has lower bound q = (alpha/2)^(1/n), 0/n has upper bound 1 - q
+    q = (alpha / 2) ** (1 / n)
+    assert max_detectable_eps(n, alpha) == pytest.approx(np.log(q / (1 - q)), rel=1e-9)
+    best = max(_lower_bound(a, b, n, alpha) for a in range(0, n + 1, 7) for b in range(0, n + 1, 7))
+    assert best <= max_detectable_eps(n, alpha) + 1e-12
+
+
+def test_audit_refuses_a_claim_no_outcome_could_disprove():
+    # at n_eval=1000, confidence 0.99 no outcome shows a bound above ln(q / (1 - q)) ~ 5.2: a claim of 6 would
+    # pass even a mechanism with no noise at all
+    top = max_detectable_eps(1000, 0.01)
+    assert 5 < top < 6
+    with pytest.raises(AuditError, match="could not fail.*raise --n-eval"):
+        MechanismAuditConfig(eps_pix=6.0, m_pixels=16, n_eval=1000, confidence=0.99)
+    MechanismAuditConfig(eps_pix=5.0, m_pixels=16, n_eval=1000, confidence=0.99)  # below it: auditable
+    MechanismAuditConfig(eps_pix=6.0, m_pixels=16, confidence=0.99)  # the default n_eval reaches ~10
+
+
+def test_mechanism_command_refuses_an_unauditable_claim(tmp_path):
+    out = tmp_path / "mechanism.json"
+    rc, _, err = run_attacks("mechanism", "--eps-pix", "6", "--m-pixels", "16", "--n-eval", "1000",
+                             "--json", str(out))
+    assert rc == 2 and "could not fail" in err and not out.exists()
 
 
 def test_mechanism_command_writes_report_and_exits_zero(tmp_path):

@@ -227,8 +227,8 @@ def register(app: typer.Typer) -> None:
         window_s: float = typer.Option(10.0, help="Window length in seconds for --eps-window."),
         quality: int = typer.Option(23, min=0, max=51, help="x264 quantizer of the output video."),
         tls_ca_file: str | None = typer.Option(
-            None, envvar="DPSTREAM_TLS_CA_FILE", help="rtsps:// cameras: the PEM file of the CA their certificate "
-            "must chain to (default: the system's roots)."),
+            None, help="rtsps:// cameras: the PEM file of the CA their certificate must chain to (default: env "
+            "DPSTREAM_TLS_CA_FILE, else the system's roots)."),
         dp_threads: int = typer.Option(
             0, min=0, help="CPU threads per release (0: all cores for an image, 1 for video, where GStreamer's "
             "decoder and encoder need the other cores)."),
@@ -270,6 +270,10 @@ def register(app: typer.Typer) -> None:
         # SIGTERM (a service manager, `timeout`) finishes the files as Ctrl-C does: an .mp4 cut off without
         # its index would not play
         signal.signal(signal.SIGTERM, _interrupt)
+        if tls_ca_file is None and input.lower().startswith("rtsps://"):
+            from service.settings import get_settings  # only settings.py reads the environment
+
+            tls_ca_file = get_settings().tls_ca_file
         try:
             n, released, ended = _pixelize_video(input, output, px, spec, stats, frames, duration, ledger, quality,
                                                  tls_ca_file=tls_ca_file)

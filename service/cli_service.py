@@ -19,8 +19,10 @@ from service.embedded import EMBEDDED_PORT
 if TYPE_CHECKING:  # pydantic-settings loads in ~0.1 s: only the service commands pay for it
     from service.settings import Settings
 
+# EMBEDDED_PORT is Settings.embedded_redis_port's default; reading the settings here would slow every command
 DEFAULT_REDIS_HELP = (f"Redis/Valkey URL (env REDIS_URL); default: the embedded Valkey of `dpstream up` "
-                      f"(redis://127.0.0.1:{EMBEDDED_PORT}/0).")
+                      "(redis://127.0.0.1:PORT/0, PORT from env DPSTREAM_EMBEDDED_REDIS_PORT, default "
+                      f"{EMBEDDED_PORT}).")
 
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help=DEFAULT_REDIS_HELP, show_default=False)]
 Host = Annotated[str | None, typer.Option("--host", help="Address the API listens on (default 127.0.0.1).")]

@@ -55,9 +55,10 @@ def _not_bool(v: Any) -> Any:
 
 class StrictModel(Model):
     """A camera's settings take JSON's own types: `"channels": true` or `"eps_pix": "1.5"` is an error, not
-    a guess (a client that sends them has a bug that would otherwise choose a privacy setting)."""
+    a guess (a client that sends them has a bug that would otherwise choose a privacy setting). NaN and
+    infinities are refused as such, not by a bound they happen to fail."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class CameraSettings(StrictModel):
@@ -202,22 +203,30 @@ class Camera(CameraCreate):
         return Ledger(eps_window=self.eps_window, window_s=self.window_s)
 
 
+# the fields where a PATCH's null is a value (no map; no age limit); elsewhere null means "unchanged"
+PATCH_NULLABLE = ("layout_map", "retention_s")
+
+
 def _patch_model() -> type[Model]:
     fields: dict[str, Any] = {}
     for name, info in CameraSettings.model_fields.items():
         # keep the bounds of the full model (`Annotated[T, *bounds] | None`), so PATCH rejects what POST does
         bounded = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        fields[name] = (bounded | None, Field(default=None, description=info.description))
+        null = "sets it to null" if name in PATCH_NULLABLE else "keeps the current value, as leaving it out does"
+        fields[name] = (bounded | None, Field(default=None, description=f"{info.description} In a PATCH, null "
+                                              f"{null}."))
     fields["source"] = (str | None, Field(default=None, min_length=3, max_length=2048,
                                           pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$",
-                                          description=SOURCE_DESCRIPTION))
+                                          description=f"{SOURCE_DESCRIPTION} In a PATCH, null keeps the "
+                                          "current source."))
     fields["incarnation"] = (str | None, Field(default=None, max_length=64, description="Accepted only as GET "
                                                "returned it (a GET-edit-PATCH round trip); it never changes."))
     return create_model("CameraPatch", __base__=StrictModel, **fields)
 
 
 CameraPatch = _patch_model()
-CameraPatch.__doc__ = "Fields to change; absent fields keep their value. The id cannot change."
+CameraPatch.__doc__ = (f"Fields to change; absent fields keep their value, and so do fields given as null, "
+                       f"except {' and '.join(PATCH_NULLABLE)}, where null is a value. The id cannot change.")
 
 _FIELD_NAMES = tuple(sorted(set(Camera.model_fields) | {"eps_frame"}, key=len, reverse=True))
 
@@ -303,6 +312,8 @@ class ReleaseSummary(Model):
 class AuditParams(Model):
     """What an audit runs with, as an audit's doc shows it (also those started when smaller audits were
     accepted: see AuditRequest for what a new audit needs)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     eps_pix: float = Field(default=1.0, gt=0, le=100, description="Epsilon of the mechanism under audit.")
     m_pixels: int = Field(default=16, ge=1, le=4096, description="Pixel positions protected (threat model).")

@@ -18,9 +18,11 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.embedded import EMBEDDED_PORT
 from service.redaction import redact_url
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+MIN_ADMIN_TOKEN_CHARS = 16  # guessable below that; `openssl rand -hex 24` (docker-compose.yml) gives 48
 
 
 def env_name(field: str) -> str:
@@ -58,7 +60,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("admin_token", "DPSTREAM_ADMIN_TOKEN"),
-        description="A token accepted with admin scope, for automation and tests [DPSTREAM_ADMIN_TOKEN].",
+        description=f"A token accepted with admin scope, for automation and tests, {MIN_ADMIN_TOKEN_CHARS} "
+        "characters or more [DPSTREAM_ADMIN_TOKEN].",
     )
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("host", "DPSTREAM_HOST"))
     port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("port", "DPSTREAM_PORT"))
@@ -117,7 +120,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("backend", "DPSTREAM_BACKEND"),
     )
     embedded_redis_port: int = Field(
-        default=6390, ge=1, le=65535,
+        default=EMBEDDED_PORT, ge=1, le=65535,
         validation_alias=AliasChoices("embedded_redis_port", "DPSTREAM_EMBEDDED_REDIS_PORT"),
         description="Port of the embedded Valkey that `dpstream up` starts when REDIS_URL is unset.",
     )
@@ -162,6 +165,16 @@ class Settings(BaseSettings):
             return check_redis_url(v)
         except ConfigError as exc:  # pydantic reports a ValueError as a validation error of this field
             raise ValueError(str(exc)) from None
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        # the message names the length only, never the value
+        if v is not None and len(v.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"DPSTREAM_ADMIN_TOKEN must have at least {MIN_ADMIN_TOKEN_CHARS} characters; generate "
+                             "one with `openssl rand -hex 24` or `python -c \"import secrets; "
+                             "print(secrets.token_urlsafe(32))\"`")
+        return v
 
     @model_validator(mode="after")
     def _rtsp_credentials_in_pairs(self) -> Settings:

@@ -21,8 +21,9 @@ async def start_audit(body: AuditRequest, request: Request) -> Audit:
     """Start an empirical DP audit of the mechanism (`python -m attacks mechanism`); poll its id."""
     if not attacks_available():
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "audits unavailable: the attacks package is not installed in this environment "
-                            "(install dpstream[audit])")
+                            "audits unavailable: this install has no attacks package (the container image "
+                            "leaves it out); run audits on a machine set up with scripts/setup, with "
+                            "`dpstream audit mechanism ...` or this API")
     try:
         doc = await request.app.state.audits.start(body)
     except AuditsBusy as exc:

@@ -13,6 +13,7 @@ from dp.errors import ConfigError
 from service.api.deps import AUTH_ERRORS, NOT_FOUND, StoreDep, _err, require_admin, require_read
 from service.budget import budget_of
 from service.models import (
+    PATCH_NULLABLE,
     SLUG_PATTERN,
     Budget,
     Camera,
@@ -50,6 +51,13 @@ def validated(camera: Camera) -> Camera:
         camera.to_spec()
     except ConfigError as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [camera_config_error(err)]) from None
+    interval_s = 1 / camera.release_fps
+    if camera.window_s < interval_s:  # releases come at least this far apart: each window would hold one
+        msg = (f"window_s={camera.window_s:g} is shorter than one release interval (1 / release_fps = "
+               f"{interval_s:g} s): every window would hold a single release, so eps_window would bound "
+               f"nothing over time; use window_s >= {interval_s:g} s")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            [{"loc": ["body", "window_s"], "msg": msg, "type": "value_error"}])
     try:
         check_source(camera.source)
     except ConfigError as err:
@@ -95,9 +103,8 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
     """Change settings live: the owning worker applies them at its next release."""
     current = await existing(store, camera_id)
     changes = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
-    # null means "back to default" only where null is meaningful; elsewhere it means "unchanged"
-    nullable = {"layout_map", "retention_s"}
-    changes = {k: v for k, v in changes.items() if v is not None or k in nullable}
+    # null is a value only where the camera can hold one; elsewhere it means "unchanged" (CameraPatch says so)
+    changes = {k: v for k, v in changes.items() if v is not None or k in PATCH_NULLABLE}
     if "incarnation" in changes and changes.pop("incarnation") != current.incarnation:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
             "loc": ["body", "incarnation"], "type": "value_error",

@@ -5,7 +5,9 @@
 objects, so raw camera input can never reach a client. Each RTSP client gets its own encoder (it starts
 on a key frame at once, whatever the release rate); nothing is reconstructed or encoded while no client
 watches. The latest frame is pushed again every ``keepalive_s`` so players do not time out when releases
-are rare (low ``release_fps``, an exhausted budget or a camera that is down).
+are rare (low ``release_fps``, an exhausted budget or a camera that is down). A client that connects before
+the camera's first release waits for it up to ``first_release_wait_s`` and is then answered 503 Service
+Unavailable (GstRtspServer itself gives up after 20 s).
 
 Calling the sink only records the release and wakes the mount's own thread, which reconstructs and
 encodes: a viewer never slows the worker's release path. When encoding falls behind, the video shows the
@@ -18,13 +20,15 @@ Created by :meth:`streams.rtsp_server.LocalRtspServer.serve_private`, which moun
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from fractions import Fraction
 
 from dp import Release
 from dp.errors import ConfigError
 
-from .gst import Gst, GstRtspServer
+from .gst import GLib, Gst, GstRtspServer
 from .mapped import filled_buffer
 from .writer import EncoderSettings, even_padded, packed_buffer
 
@@ -38,8 +42,10 @@ _START_WAIT_S = 30.0  # a client not PLAYING this long after it joined is no lon
 # A nominal frame rate in the caps: with framerate=0/1 x264 takes the input as variable-rate and holds one
 # frame back (it needs the next timestamp), so every client saw each release one push late and a new client's
 # stream could not start on a single release (DESCRIBE answered 503 when no second push came). Timestamps are
-# still the appsrc's own (do-timestamp); only x264's rate control assumes this rate.
-_NOMINAL_FPS = "30/1"
+# still the appsrc's own (do-timestamp); only x264's rate control assumes this rate, so it is the rate the mount
+# pushes at (a constant bitrate gives each frame bitrate/rate bits: at 30/1, a 1 fps camera got 1/30 of them).
+_DEFAULT_FPS = 30.0  # the nominal rate when release_fps is not given
+_PREPARE_TIMEOUT_S = 20.0  # GstRtspServer answers 503 to a DESCRIBE whose media did not start within this
 
 
 def _shallow_copy(buf: Gst.Buffer) -> Gst.Buffer:
@@ -60,11 +66,30 @@ class PrivateMount:
         *,
         encoder: EncoderSettings | None = None,
         keepalive_s: float = 1.0,
+        release_fps: float | None = None,
+        first_release_wait_s: float = 10.0,
     ) -> None:
+        """``release_fps``: the camera's release rate (``CameraWorker(release_fps=...)``); with a constant
+        ``encoder.bitrate_kbps`` each frame gets ``bitrate_kbps / max(release_fps, 1 / keepalive_s)`` kbit
+        (``None``: 30 fps is assumed). ``first_release_wait_s``: how long a client that connects before the first
+        release waits for it before it is answered 503 (0 < s < 20)."""
+        if release_fps is not None and not release_fps > 0:
+            raise ConfigError(f"private mount {path!r}: release_fps={release_fps!r} must be > 0 (or None)")
+        if not 0 < first_release_wait_s < _PREPARE_TIMEOUT_S:
+            raise ConfigError(
+                f"private mount {path!r}: first_release_wait_s={first_release_wait_s!r} must be within (0, 20) "
+                "(GstRtspServer answers 503 itself after 20 s)"
+            )
         self.camera_id = camera_id
         self.path = path
         self.encoder = encoder or EncoderSettings(key_int_max=60)
         self.keepalive_s = keepalive_s
+        self.first_release_wait_s = first_release_wait_s
+        push_fps = max(release_fps or _DEFAULT_FPS, 1 / keepalive_s if keepalive_s > 0 else 0)
+        if math.isinf(push_fps):
+            push_fps = _DEFAULT_FPS
+        rate = Fraction(push_fps).limit_denominator(1001)
+        self._framerate = f"{rate.numerator}/{rate.denominator}"  # caps: what x264's rate control assumes
         self._lock = threading.Lock()
         self._appsrcs: list[Gst.Element] = []
         # clients that have not had a frame yet -> when they joined: only these are polled while they start
@@ -124,11 +149,15 @@ class PrivateMount:
             self._closed = True
             self._wake.notify_all()
             srcs, self._appsrcs = self._appsrcs, []
+            unfed = set(self._unfed)
             self._unfed.clear()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
         for src in srcs:
-            src.emit("end-of-stream")
+            if src in unfed:  # still waiting for a frame: no thread is left to answer it, so answer it now
+                self._refuse(src, "the mount was closed")
+            else:
+                src.emit("end-of-stream")
 
     def _run(self) -> None:
         """Push each new release (newest first, older ones skipped) and repeat the last one when idle."""
@@ -138,13 +167,16 @@ class PrivateMount:
                 if starting:
                     self._wake.wait(_START_POLL_S)
                 elif not self._pending and not self._closed:
-                    self._wake.wait(self.keepalive_s if self.keepalive_s > 0 else None)
+                    self._wake.wait(self._idle_wait_s())
                 if self._closed:
                     return
+                overdue = self._overdue()
                 fresh, self._pending = self._pending, False
                 joined, self._joined = self._joined, False
                 idle_s = time.monotonic() - self._last_push_mono
                 watched = bool(self._appsrcs)
+            for src in overdue:
+                self._refuse(src, f"no release within first_release_wait_s={self.first_release_wait_s}")
             due = fresh or (self.keepalive_s > 0 and idle_s >= self.keepalive_s)
             if watched and (due or starting or joined):
                 try:
@@ -158,6 +190,31 @@ class PrivateMount:
                 starting = False
 
     # --- internals (server thread and release thread) --------------------------------------------
+    def _idle_wait_s(self) -> float | None:
+        """(lock held) How long the thread may sleep: to the next keepalive, or until a client that waits for
+        the first release is due its answer."""
+        waits = [self.keepalive_s] if self.keepalive_s > 0 else []
+        if self._latest is None and self._unfed:
+            waits.append(min(self._unfed.values()) + self.first_release_wait_s - time.monotonic())
+        return max(0.0, min(waits)) if waits else None
+
+    def _overdue(self) -> list[Gst.Element]:
+        """(lock held) The clients that waited ``first_release_wait_s`` with no release yet (no longer polled)."""
+        if self._latest is not None:
+            return []
+        now = time.monotonic()
+        late = [src for src, joined in self._unfed.items() if now - joined >= self.first_release_wait_s]
+        for src in late:
+            del self._unfed[src]
+        return late
+
+    def _refuse(self, src: Gst.Element, reason: str) -> None:
+        """Fail a client's starting media now (its DESCRIBE is answered 503) rather than after GstRtspServer's
+        20 s."""
+        error = GLib.Error.new_literal(Gst.ResourceError.quark(), reason, int(Gst.ResourceError.NOT_FOUND))
+        src.post_message(Gst.Message.new_error(src, error, f"private mount {self.path}: {reason}"))
+        log.info("private mount %s: %s; the client is answered 503", self.path, reason)
+
     def _frame_for_latest(self) -> tuple[Gst.Buffer, Gst.Caps] | None:
         with self._lock:
             if self._latest_frame is not None:
@@ -168,13 +225,13 @@ class PrivateMount:
         if release.channels == 3:  # colour: straight to I420, which the encoder takes unconverted
             he, we = release.height + release.height % 2, release.width + release.width % 2
             caps = Gst.Caps.from_string(
-                f"video/x-raw,format=I420,width={we},height={he},framerate={_NOMINAL_FPS},colorimetry=bt601"
+                f"video/x-raw,format=I420,width={we},height={he},framerate={self._framerate},colorimetry=bt601"
             )
             packed = (filled_buffer(release.i420_size, lambda out: release.reconstruct_i420(out=out)), caps)
         else:
             frame = even_padded(release.reconstruct())
             h, w, _ = frame.shape
-            caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate={_NOMINAL_FPS}")
+            caps = Gst.Caps.from_string(f"video/x-raw,format=GRAY8,width={w},height={h},framerate={self._framerate}")
             packed = (packed_buffer(frame), caps)
         with self._lock:
             if self._latest is release:

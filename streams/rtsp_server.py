@@ -50,6 +50,16 @@ _PRIVATE_LEAF = "/private"  # /<camera_id>/private: only privatized mounts may t
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # what a local client connects to
 
 
+def _dot_segment(path: str) -> bool:
+    """True when a segment of ``path`` is ``.`` or ``..``: a client's URL resolution would rewrite it."""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (once)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 @dataclass
 class TestPatternMount:
     """Handle on a served test pattern: :meth:`set_resolution` changes the stream's size mid-stream."""
@@ -103,7 +113,11 @@ class LocalRtspServer:
         ``public_host``: the host :meth:`public_url` gives clients elsewhere (default: ``host``, or this
         machine's name when ``host`` is a wildcard address, which no client can connect to).
         ``session_timeout_s``: a session its client no longer keeps alive (RTCP, RTSP keepalives) is removed,
-        with its media pipeline, this long after the client was last heard from."""
+        with its media pipeline, this long after the client was last heard from.
+
+        The port is bound here (as :class:`socketserver.TCPServer` does), so :attr:`port` and :meth:`url` are
+        right before :meth:`start`; raises :class:`IngestError` if it is taken. Until :meth:`start`, clients
+        that connect wait."""
         ensure_init()
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"port={port!r} must be within 0..65535")
@@ -114,7 +128,6 @@ class LocalRtspServer:
         if public_host is None:
             public_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         self.public_host = public_host
-        self._requested_port = int(port)
         self._auth = auth
         self.server = GstRtspServer.RTSPServer.new()
         self.server.set_address(host)
@@ -129,11 +142,16 @@ class LocalRtspServer:
         self._thread: threading.Thread | None = None
         self._source_id: int | None = None
         self._private: dict[str, PrivateMount] = {}
+        self._private_lock = threading.Lock()  # serve_private's check and add are one step
         self._stopped = False
-        self.port = 0
         self._tls = tls is not None
         if auth is not None or tls is not None:
             self._install_auth(auth, tls)
+        try:
+            self._listener = self.server.create_source(None)  # binds and listens (port 0: the kernel picks one)
+        except GLib.Error as exc:
+            raise IngestError(f"RTSP server cannot listen on {host}:{port}: {exc.message}") from None
+        self.port = self.server.get_bound_port()
 
     def _install_auth(self, basic: tuple[str, str] | None, tls: tuple[str, str] | None) -> None:
         auth = GstRtspServer.RTSPAuth.new()
@@ -177,20 +195,13 @@ class LocalRtspServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRtspServer:
-        """Listen and serve; returns once the port is bound. Raises :class:`IngestError` if it is taken."""
+        """Serve on the port the constructor bound (on the server's own thread); returns at once."""
         if self._thread is not None:
             return self
-        try:
-            self._source_id = self.server.attach(self._context)
-        except GLib.Error as exc:
-            raise IngestError(
-                f"RTSP server cannot listen on {self.host}:{self._requested_port}: {exc.message}"
-            ) from None
-        if not self._source_id:
-            raise IngestError(
-                f"RTSP server cannot listen on {self.host}:{self._requested_port} (port taken?)"
-            )
-        self.port = self.server.get_bound_port()
+        if self._stopped:
+            raise ConfigError("this RTSP server was stopped; make a new LocalRtspServer")
+        listener, self._listener = self._listener, None  # the context holds it now; stop() destroys it by id
+        self._source_id = listener.attach(self._context)
         cleanup = GLib.timeout_source_new(int(min(2.0, self.session_timeout_s / 2) * 1000))
         cleanup.set_callback(self._cleanup_sessions)
         cleanup.attach(self._context)
@@ -204,9 +215,13 @@ class LocalRtspServer:
         if self._stopped:
             return
         self._stopped = True
-        for mount in self._private.values():
+        with self._private_lock:
+            mounts = list(self._private.values())
+        for mount in mounts:
             mount.close()
         if self._thread is None:
+            listener, self._listener = self._listener, None
+            listener.destroy()  # never started: the socket closes with its last reference (this one)
             return
         done = threading.Event()
 
@@ -243,18 +258,17 @@ class LocalRtspServer:
         credentials if given: never log it). A wildcard ``host`` gives the loopback address; an IPv6 address is
         bracketed."""
         userinfo = f"{user}:{password}@" if user is not None else ""
-        host = _WILDCARD_HOSTS.get(self.host, self.host)
-        host = f"[{host}]" if ":" in host else host
+        host = _url_host(_WILDCARD_HOSTS.get(self.host, self.host))
         return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{host}:{self.port}{mount}"
 
     def public_url(self, mount: str) -> str:
         """The URL of ``mount`` for clients on other machines (never with credentials)."""
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"{'rtsps' if self._tls else 'rtsp'}://{host}:{self.port}{mount}"
+        return f"{'rtsps' if self._tls else 'rtsp'}://{_url_host(self.public_host)}:{self.port}{mount}"
 
     def _check_mount(self, mount: str) -> None:
-        if not _MOUNT_RE.match(mount):
-            raise ConfigError(f"mount={mount!r} must look like /name or /name/sub (letters, digits, _ . -)")
+        if not _MOUNT_RE.match(mount) or _dot_segment(mount):
+            raise ConfigError(f"mount={mount!r} must look like /name or /name/sub (letters, digits, _ . -; "
+                              "not . or ..)")
         if mount.endswith(_PRIVATE_LEAF) or mount in self._private:
             # add_factory replaces a mount silently: camera input served there would reach the viewers of a
             # camera's /<id>/private re-stream (before, after or instead of its releases)
@@ -316,26 +330,37 @@ class LocalRtspServer:
         self._mounts.add_factory(mount, factory)
 
     def serve_private(
-        self, camera_id: str, *, encoder: EncoderSettings | None = None, keepalive_s: float = 1.0
+        self,
+        camera_id: str,
+        *,
+        encoder: EncoderSettings | None = None,
+        keepalive_s: float = 1.0,
+        release_fps: float | None = None,
+        first_release_wait_s: float = 10.0,
     ) -> PrivateMount:
-        """Mount ``/<camera_id>/private`` and return its sink (``Callable[[dp.Release], None]``)."""
-        if not _CAMERA_ID_RE.match(camera_id):
-            raise ConfigError(f"camera_id={camera_id!r}: use 1-64 letters, digits, '_', '.', '-' for a mount")
+        """Mount ``/<camera_id>/private`` and return its sink (``Callable[[dp.Release], None]``); the mount
+        already there if the camera has one (its settings are kept). The settings: see :class:`PrivateMount`."""
+        if not _CAMERA_ID_RE.match(camera_id) or camera_id in (".", ".."):
+            raise ConfigError(f"camera_id={camera_id!r}: use 1-64 letters, digits, '_', '.', '-' for a mount "
+                              "(not . or .., which are path segments)")
         path = f"/{camera_id}/private"
-        if path in self._private:
-            return self._private[path]
-        mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s)
-        self._secure(mount.factory)
-        self._mounts.add_factory(path, mount.factory)
-        self._private[path] = mount
+        with self._private_lock:  # two threads serving one camera get one mount (add_factory replaces silently)
+            if path in self._private:
+                return self._private[path]
+            mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s,
+                                 release_fps=release_fps, first_release_wait_s=first_release_wait_s)
+            self._secure(mount.factory)
+            self._mounts.add_factory(path, mount.factory)
+            self._private[path] = mount
         return mount
 
     def remove(self, mount: str, timeout_s: float = 5.0) -> None:
         """Unmount ``mount``. Clients of a test pattern or file keep their session until they leave; the
         sessions of a privatized mount's clients are ended (its camera is gone: nothing would feed them, and a
         player that keeps its session alive would hold the media pipeline forever)."""
-        self._mounts.remove_factory(mount)
-        private = self._private.pop(mount, None)
+        with self._private_lock:
+            self._mounts.remove_factory(mount)
+            private = self._private.pop(mount, None)
         if private is not None:
             medias = private.medias()
             private.close()

@@ -16,13 +16,15 @@ Some cameras take their credentials in the path instead (XMeye/Sofia DVRs, some 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus
 
-# Query parameters that carry secrets in common camera/NVR URL schemes.
+# Parameter names that carry secrets in common camera/NVR/SRT URL schemes and GStreamer properties. A name
+# counts also as the last word of a longer one: 'client_secret', 'x-auth-token', 'stream-key', 'user-pw'.
 _SECRET_QUERY_KEYS = frozenset(
     {
         "password",
         "passwd",
+        "passphrase",
         "pwd",
         "pass",
         "token",
@@ -41,53 +43,83 @@ _SECRET_QUERY_KEYS = frozenset(
         "username",
         "usr",
         "login",
+        "user-id",
+        "proxy-id",
     }
 )
 
-# scheme://userinfo@ : everything from the scheme to the last '@' before whitespace. A password typed with a raw
-# '/', '?', '#' or '@' (instead of %2F, %3F, %23, %40) would end the userinfo early under RFC 3986 and survive
-# a strict parse; masking up to the last '@' may hide part of a path that contains one, never a password.
-_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>\S*)@")
-# key=value with a secret key, after any separator a camera URL uses: the query's '?' and '&', ';' params, and
-# the '/' and '_' of credentials in the path ('/user=admin_password=x_channel=1'). A value runs to the next
-# '&', ';', '#' or whitespace: in the '_' form that hides the rest of the path too, never less than the secret.
-_SECRET_KEY = r"(?:[?&;/_])(?:" + "|".join(sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + r")"
-_QUERY_SECRET_RE = re.compile(r"(?P<key>" + _SECRET_KEY + r")=(?P<value>[^&\s#;]*)", re.IGNORECASE)
+# The start of a URL: any 'scheme://', or a camera or service scheme whose '//' is missing or short
+# ('rtsp:user:pw@host'). Not every 'word:' (that would read 'Error:' as a scheme, and 'uri:rtsp://u:pw@h'
+# would lose its 'rtsp://').
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*://|\b(?i:rtsp[stu]?|rtmps?|srt|https?|rediss?):/{0,2}"
+_SCHEME_RE = re.compile(_SCHEME)
+# A quote followed by the end of a word closes a quoted URL or value: 'location="rtsp://u:pw@h/x" latency=0'.
+# A quote inside a password ('pa"ss') is followed by more of it and does not.
+_CLOSING_QUOTE = r"""["'](?=[\s,;:.)\]}>]|$)"""
+# scheme://userinfo@ : everything from the scheme to the last '@' before a closing quote, else to the last
+# '@' before whitespace. A password typed with a raw '/', '?', '#' or '@' (instead of %2F, %3F, %23, %40)
+# would end the userinfo early under RFC 3986 and survive a strict parse; masking up to the last '@' may hide
+# part of a path that contains one, never a password (unless it holds an '@' and then a closing quote).
+_USERINFO_RE = re.compile(rf"(?P<scheme>{_SCHEME})(?P<userinfo>(?:(?!{_CLOSING_QUOTE})\S)*@|\S*@)")
+# key=value with a secret key that is not the tail of a longer word: after the query's '?' and '&', ';'
+# params, the '/' and '_' of credentials in the path ('/user=admin_password=x_channel=1'), a '-' ('user-pw'),
+# a space or the start of a bare query string. A value runs to the next '&', ';', '#', whitespace or closing
+# quote: in the '_' form that hides the rest of the path too, never less than the secret.
+_SECRET_KEY = (r"(?<![A-Za-z0-9])(?:"
+               + "|".join(re.escape(k) for k in sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + ")")
+_QUERY_SECRET_RE = re.compile(
+    rf"(?P<key>{_SECRET_KEY})=(?P<value>(?:(?!{_CLOSING_QUOTE})[^&\s#;])*)", re.IGNORECASE
+)
 # The same, for url_secrets: each secret value alone ('_' form: up to the next '_key='), to find it quoted
 # outside the URL.
 _SECRET_VALUE_RE = re.compile(_SECRET_KEY + r"=(?P<value>.*?)(?=_[A-Za-z][A-Za-z0-9]*=|[&\s#;?]|$)",
                               re.IGNORECASE)
+# A query parameter whose name is percent-encoded ('?pass%77ord=x'): the server decodes it to a secret name.
+_ENCODED_KEY_RE = re.compile(r"(?<=[?&;#])(?P<key>[^&;=#]*%[^&;=#]*)=(?P<value>[^&;#]*)")
 REDACTED = "***"
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with its userinfo and secret-looking query values replaced by ``***``.
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``(scheme, userinfo, rest)``: userinfo is everything after the scheme up to the last ``@`` (None
+    without one). Without a scheme, ``user:password@host`` still counts as userinfo."""
+    m = _SCHEME_RE.match(url)
+    scheme = m.group(0) if m else ""
+    userinfo, at, rest = url[len(scheme):].rpartition("@")
+    if at and (scheme or ":" in userinfo):
+        return scheme, userinfo, rest
+    return scheme, None, url[len(scheme):]
 
-    Everything between ``://`` and the last ``@`` counts as userinfo, even where a strict parse would end it
-    sooner (a password typed with a raw ``/``, ``?`` or ``#``). Never raises: a string that does not parse as
-    a URL is redacted textually instead.
+
+def _redact_params(text: str) -> str:
+    return _QUERY_SECRET_RE.sub(lambda m: m.group("key") + "=" + REDACTED, text)
+
+
+def _redact_encoded_keys(params: str) -> str:
+    def mask(m: re.Match[str]) -> str:
+        name = unquote_plus(m.group("key")).lower()
+        secret = name in _SECRET_QUERY_KEYS or re.split(r"[-_.]", name)[-1] in _SECRET_QUERY_KEYS
+        return m.group("key") + "=" + REDACTED if secret else m.group(0)
+
+    return _ENCODED_KEY_RE.sub(mask, params)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its userinfo and secret-looking parameter values replaced by ``***``.
+
+    Everything between the scheme and the last ``@`` counts as userinfo, even where a strict parse would end
+    it sooner (a password typed with a raw ``/``, ``?`` or ``#``) or where the ``//`` is missing. The rest is
+    kept as written. Never raises.
     """
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        url = scheme + sep + REDACTED + "@" + rest.rsplit("@", 1)[1]
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    netloc = parts.netloc
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = urlencode(
-                [(k, REDACTED if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
-            )
-    path = _QUERY_SECRET_RE.sub(lambda m: m.group("key") + "=" + REDACTED, parts.path)
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    scheme, userinfo, rest = _split_userinfo(url)
+    if userinfo is not None:
+        rest = REDACTED + "@" + rest
+    # a path value ('/user=admin') ends at the query's '?'; a query value may hold a '?'
+    path, params = re.match(r"([^?#]*)(.*)", rest, re.DOTALL).groups()
+    return scheme + _redact_params(path) + _redact_encoded_keys(_redact_params(params))
 
 
 def redact_text(text: str, *secrets: str) -> str:
-    """Redact every URL userinfo and secret query value inside free text, plus any literal ``secrets``.
+    """Redact every URL userinfo and secret parameter value inside free text, plus any literal ``secrets``.
 
     Pass the user name and password of the current camera as ``secrets`` so that messages which quote them
     outside a URL (some RTSP servers echo the user name) are covered too.
@@ -95,7 +127,7 @@ def redact_text(text: str, *secrets: str) -> str:
     if not text:
         return text
     out = _USERINFO_RE.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
-    out = _QUERY_SECRET_RE.sub(lambda m: m.group("key") + "=" + REDACTED, out)
+    out = _redact_params(out)
     for secret in secrets:
         if secret and len(secret) >= 3:
             out = out.replace(secret, REDACTED)
@@ -105,12 +137,9 @@ def redact_text(text: str, *secrets: str) -> str:
 def url_secrets(url: str) -> tuple[str, ...]:
     """The user name and password of ``url`` (percent-decoded and raw), and the values of its secret-looking
     parameters (query or path), for :func:`redact_text`."""
-    _scheme, sep, rest = url.partition("://")
-    if not sep:
-        return ()
+    _scheme, userinfo, rest = _split_userinfo(url)
     found: list[str] = []
-    if "@" in rest:
-        userinfo, rest = rest.rsplit("@", 1)  # as redact_url reads it: up to the last '@'
+    if userinfo is not None:  # as redact_url reads it: up to the last '@'
         raw_user, _, raw_pw = userinfo.partition(":")
         found += [raw_user, raw_pw]
     found += [m.group("value") for m in _QUERY_SECRET_RE.finditer(rest)]

@@ -63,6 +63,8 @@ def parse_source(uri: str | os.PathLike) -> SourceSpec:
     lower = uri.lower()
     if lower.startswith(("rtsp://", "rtsps://", "rtspt://", "rtspu://")):
         return _parse_rtsp(uri)
+    if lower.startswith(("rtsp:", "rtsps:", "rtspt:", "rtspu:")):  # 'rtsp:user:pw@host', 'rtsp:/host'
+        raise ConfigError(f"source {redact_url(uri)!r}: malformed RTSP URL; write rtsp://host[:port]/path")
     if lower.startswith("test:"):
         return _parse_test(uri)
     if lower.startswith("file://"):

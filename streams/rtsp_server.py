@@ -60,6 +60,11 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _client_host(host: str) -> str:
+    """What a client on this machine connects to for a server listening on ``host``, as a URL writes it."""
+    return _url_host(_WILDCARD_HOSTS.get(host, host))
+
+
 @dataclass
 class TestPatternMount:
     """Handle on a served test pattern: :meth:`set_resolution` changes the stream's size mid-stream."""
@@ -258,7 +263,7 @@ class LocalRtspServer:
         credentials if given: never log it). A wildcard ``host`` gives the loopback address; an IPv6 address is
         bracketed."""
         userinfo = f"{user}:{password}@" if user is not None else ""
-        host = _url_host(_WILDCARD_HOSTS.get(self.host, self.host))
+        host = _client_host(self.host)
         return f"{'rtsps' if self._tls else 'rtsp'}://{userinfo}{host}:{self.port}{mount}"
 
     def public_url(self, mount: str) -> str:

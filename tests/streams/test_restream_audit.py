@@ -11,16 +11,46 @@ import numpy as np
 import pytest
 
 from dp import Pixelizer, PixelizeSpec, Release
-from dp.errors import ConfigError, IngestError
+from dp.errors import ConfigError
 from streams import EncoderSettings, iter_frames
 from streams.gst import Gst
-from streams.rtsp_server import LocalRtspServer
+from streams.rtsp_server import LocalRtspServer, _client_host
 from streams.testing import wait_for
 
 # eps large and m=1: a release of a flat frame is flat to within a level, so releases of different greys
 # are told apart by their mean alone
 SPEC = PixelizeSpec(eps_pix=1000.0, m_pixels=1, channels=3, layout="fixed", cell_size=16)
 ENC = EncoderSettings(quality=8, key_int_max=30)
+
+
+class Viewer:
+    """A GStreamer client (`iter_frames` on `url`) on a thread of its own: `frames` holds what `keep` made of
+    each frame it decoded, `errors` what ended it."""
+
+    def __init__(self, url: str, keep, **options) -> None:
+        self.frames: list = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, keep, options), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str, keep, options: dict) -> None:
+        try:
+            for frame in iter_frames(url, **options):
+                self.frames.append(keep(frame))
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # the test reports it
+            self.errors.append(exc)
+
+    def stop(self, wake=None, timeout_s: float = 20) -> bool:
+        """Stop reading (`wake()`: make the server send a frame, so the reader sees the stop); True once the
+        thread has ended."""
+        self._stop.set()
+        if wake is not None:
+            wake()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
 
 def release_of(level: int, index: int = 0, size: tuple[int, int] = (64, 64)) -> Release:
@@ -135,22 +165,9 @@ def test_one_release_reaches_a_new_client_and_each_release_its_watchers_at_once(
     client saw every release only when the next one came."""
     private = rtsp_server.serve_private("once", keepalive_s=0.0, encoder=ENC)
     private(release_of(60))
-    got: list[float] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        try:
-            for frame in iter_frames(rtsp_server.url("/once/private"), first_frame_timeout_s=15,
-                                     stall_timeout_s=15):
-                got.append(float(np.mean(frame.array)))
-                if stop.is_set():
-                    return
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
+    viewer = Viewer(rtsp_server.url("/once/private"), lambda frame: float(np.mean(frame.array)),
+                    first_frame_timeout_s=15, stall_timeout_s=15)
+    got, errors = viewer.frames, viewer.errors
     try:
         assert wait_for(lambda: bool(got) or bool(errors), 30), "no frame, no error"
         assert not errors, f"the client got no frame of the only release: {errors[0]!r}"
@@ -162,10 +179,8 @@ def test_one_release_reaches_a_new_client_and_each_release_its_watchers_at_once(
             f"levels seen {sorted({round(v) for v in got})}, errors {errors})"
         )
     finally:
-        stop.set()
-        private(release_of(200, 2))  # wakes the reader so it sees stop
-        thread.join(20)
-    assert not thread.is_alive()
+        stopped = viewer.stop(wake=lambda: private(release_of(200, 2)))
+    assert stopped
 
 
 def test_a_paused_client_does_not_make_the_others_encode_at_the_poll_rate(rtsp_server, clients):
@@ -255,56 +270,34 @@ def test_the_url_of_an_ipv6_server_is_bracketed_and_plays():
         server.stop()
 
 
-def test_the_local_url_of_a_wildcard_server_is_loopback():
-    """Not started (no port bound on all interfaces): only the URL is checked."""
-    assert LocalRtspServer(port=0, host="0.0.0.0").url("/a/private").startswith("rtsp://127.0.0.1:")
-    assert LocalRtspServer(port=0, host="::").url("/a/private").startswith("rtsp://[::1]:")
+@pytest.mark.parametrize(("host", "client"), [("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), ("::", "[::1]"),
+                                             ("::1", "[::1]"), ("[::1]", "[::1]"), ("127.0.0.1", "127.0.0.1")])
+def test_the_local_url_of_a_wildcard_server_is_loopback(host, client):
+    """The host that url() gives a local client (tests never listen on all interfaces, so no server is made)."""
+    assert _client_host(host) == client
 
 
 def test_a_client_connecting_before_the_first_release_gets_it(rtsp_server):
     private = rtsp_server.serve_private("early", keepalive_s=0.0, encoder=ENC)
-    frames: list = []
-    errors: list[BaseException] = []
-
-    def watch() -> None:
-        try:
-            frames.extend(iter_frames(rtsp_server.url("/early/private"), max_frames=1, first_frame_timeout_s=30))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
+    viewer = Viewer(rtsp_server.url("/early/private"), lambda frame: frame, max_frames=1, first_frame_timeout_s=30)
     assert wait_for(lambda: private.clients == 1, 15)
     private(release_of(120))
-    thread.join(40)
-    assert not errors and frames and abs(mean_level(frames) - 120) < 4
+    assert wait_for(lambda: bool(viewer.frames) or bool(viewer.errors), 40)
+    assert viewer.stop()
+    assert not viewer.errors and viewer.frames and abs(mean_level(viewer.frames) - 120) < 4
 
 
 def test_a_watching_client_follows_a_resolution_change(rtsp_server):
     private = rtsp_server.serve_private("size", keepalive_s=0.1, encoder=ENC)
     private(release_of(60))
-    shapes: list[tuple[int, ...]] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        try:
-            for frame in iter_frames(rtsp_server.url("/size/private"), first_frame_timeout_s=30):
-                shapes.append(frame.array.shape)
-                if stop.is_set():
-                    return
-        except IngestError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
+    viewer = Viewer(rtsp_server.url("/size/private"), lambda frame: frame.array.shape, first_frame_timeout_s=30)
+    shapes, errors = viewer.frames, viewer.errors
     try:
         assert wait_for(lambda: bool(shapes) or bool(errors), 40) and not errors
         private(release_of(200, 1, size=(48, 80)))
         assert wait_for(lambda: (48, 80, 3) in shapes or bool(errors), 20), (shapes[-3:], errors)
     finally:
-        stop.set()
-        thread.join(20)
+        viewer.stop()
     assert not errors
 
 

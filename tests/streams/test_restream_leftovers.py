@@ -16,7 +16,7 @@ from dp.errors import ConfigError
 from streams import EncoderSettings, iter_frames
 from streams.rtsp_server import LocalRtspServer
 from streams.testing import dpstream_threads, free_port, wait_for
-from tests.streams.test_restream_audit import ENC, RtspClient, release_of
+from tests.streams.test_restream_audit import ENC, RtspClient, Viewer, release_of
 
 # eps large and m=1: the release is the frame's cell means, so a decoded frame is compared with it directly
 GREY = PixelizeSpec(eps_pix=1000.0, m_pixels=1, channels=1, layout="fixed", cell_size=16)
@@ -132,22 +132,9 @@ def test_a_constant_bitrate_goes_to_the_releases_at_a_low_release_rate(rtsp_serv
     encoder = EncoderSettings(bitrate_kbps=200, quality=None, key_int_max=60)
     private = rtsp_server.serve_private("cbr", encoder=encoder, keepalive_s=60.0, release_fps=1.0)
     private(random_cells(0))
-    frames: list[np.ndarray] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        try:
-            for frame in iter_frames(rtsp_server.url("/cbr/private"), channels=1, first_frame_timeout_s=30,
-                                     stall_timeout_s=30):
-                frames.append(frame.array[..., 0].astype(int))
-                if stop.is_set():
-                    return
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
+    viewer = Viewer(rtsp_server.url("/cbr/private"), lambda frame: frame.array[..., 0].astype(int), channels=1,
+                    first_frame_timeout_s=30, stall_timeout_s=30)
+    frames, errors = viewer.frames, viewer.errors
     try:
         assert wait_for(lambda: bool(frames) or bool(errors), 30) and not errors, errors
         for index in range(1, 7):  # one push each (the keepalive is 60 s): each decoded frame is one release
@@ -159,10 +146,8 @@ def test_a_constant_bitrate_goes_to_the_releases_at_a_low_release_rate(rtsp_serv
         off = float(np.abs(frames[-1] - want).mean())
         assert off < 1.5, f"decoded frame {off:.1f} levels off its release at 200 kbit/s and 1 release/s"
     finally:
-        stop.set()
-        private(random_cells(99))  # wakes the reader so it sees stop
-        thread.join(20)
-    assert not thread.is_alive()
+        stopped = viewer.stop(wake=lambda: private(random_cells(99)))
+    assert stopped
 
 
 def test_removing_a_mount_answers_a_client_that_waits_for_its_first_release(rtsp_server):

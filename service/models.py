@@ -338,6 +338,9 @@ class AuditParams(Model):
         return self
 
 
+AUDIT_ALPHA = 0.01  # `attacks mechanism`'s default confidence is 1 - this (the API does not pass one)
+
+
 class AuditRequest(AuditParams):
     """An empirical audit of the pixelization mechanism: a lower bound on its privacy loss, with confidence."""
 
@@ -345,7 +348,20 @@ class AuditRequest(AuditParams):
     # 230; 10,000: 228 of 230), for about 0.5 s more per audit than 1,000: below it a pass says little
     n_eval: int = Field(default=200_000, ge=20_000, le=5_000_000, description="Releases per frame for the "
                         "bound (more: tighter bound, longer run; at least 20,000, which reliably flags the "
-                        "broken control at eps_pix=1).")
+                        "broken control at eps_pix=1; eps_pix must stay under the largest bound it can show, "
+                        "about ln(n_eval / 5.3): 10.5 at the default).")
+
+    @model_validator(mode="after")
+    def _auditable(self) -> AuditRequest:
+        # `attacks mechanism` refuses a claim no outcome of n_eval samples could disprove (its
+        # max_detectable_eps, at its default confidence 0.99): refused here too, not after a 202
+        q = (AUDIT_ALPHA / 2) ** (1 / self.n_eval)
+        top = math.log(q / (1 - q))
+        if self.eps_pix >= top:
+            raise ValueError(f"eps_pix={self.eps_pix:g} cannot be audited with n_eval={self.n_eval:,}: no outcome "
+                             f"can show a lower bound above {top:.2f}, so the audit could not fail; raise n_eval "
+                             f"(each factor e buys about 1 more) or audit a smaller eps_pix")
+        return self
 
 
 class Audit(Model):

@@ -4,6 +4,7 @@ behind, and the verdict a client reads. Real uvicorn on loopback, real `python -
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -12,13 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
 from service.api import create_app
-from service.audits import attacks_available
+from service.audits import attacks_available, mechanism_command
 from service.keys import Keys
-from service.models import AuditRequest
+from service.models import AUDIT_ALPHA, AuditRequest
 from service.settings import Settings
 from tests.service.conftest import ADMIN_TOKEN, LiveServer, free_port, wait_for
 
@@ -250,6 +252,33 @@ def test_an_audit_too_small_to_flag_the_broken_control_is_refused(admin: httpx.C
     # at n_eval=1000 about one audit in five missed the half-noise control at the API's defaults
     r = admin.post("/api/v1/audits", json={**LONG_AUDIT, "n_eval": n_eval})
     assert r.status_code == 422 and "n_eval" in r.text
+
+
+@pytest.mark.parametrize("n_eval", [MIN_N_EVAL, 200_000])
+def test_a_claim_the_audit_could_not_disprove_is_refused_before_it_starts(admin: httpx.Client, n_eval: int) -> None:
+    # ln(q / (1 - q)), q = 0.005^(1 / n_eval): 8.3 at 20,000 samples, 10.5 at 200,000
+    q = 0.005 ** (1 / n_eval)
+    top = float(np.log(q / (1 - q)))
+    r = admin.post("/api/v1/audits", json={"eps_pix": top + 0.01, "m_pixels": 1, "n_eval": n_eval})
+    assert r.status_code == 422 and "could not fail" in r.text and "raise n_eval" in r.text
+    assert AuditRequest(eps_pix=top - 0.01, m_pixels=1, n_eval=n_eval)  # just under it: auditable
+
+
+@needs_attacks
+def test_the_api_refuses_exactly_what_the_audit_would(tmp_path: Path) -> None:
+    from attacks.mechanism import max_detectable_eps
+
+    for n_eval in (MIN_N_EVAL, 200_000, 5_000_000):
+        top = max_detectable_eps(n_eval, AUDIT_ALPHA)
+        AuditRequest(eps_pix=top * (1 - 1e-9), m_pixels=1, n_eval=n_eval)
+        with pytest.raises(ValueError, match="could not fail"):
+            AuditRequest(eps_pix=top * (1 + 1e-9), m_pixels=1, n_eval=n_eval)
+    # and the audit process runs at the confidence the API assumes (it is not passed on the command line)
+    cmd = mechanism_command(AuditRequest(), tmp_path / "out.json")
+    assert "--confidence" not in cmd
+    from attacks.cli import mechanism
+
+    assert inspect.signature(mechanism).parameters["confidence"].default.default == 1 - AUDIT_ALPHA
 
 
 @pytest.mark.slow

@@ -268,8 +268,10 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"a video input needs an .mp4 output, not {output!r}")
         _set_dp_threads(dp_threads or 1)
         # SIGTERM (a service manager, `timeout`) finishes the files as Ctrl-C does: an .mp4 cut off without
-        # its index would not play
-        signal.signal(signal.SIGTERM, _interrupt)
+        # its index would not play; both go through _interrupt, so that neither can be lost in a __del__
+        _SIGNALLED.clear()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
         if tls_ca_file is None and input.lower().startswith("rtsps://"):
             from service.settings import get_settings  # only settings.py reads the environment
 
@@ -372,7 +374,13 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_SIGNALLED: list[int] = []  # the signals `_interrupt` took, for the frame loop to act on
+
+
 def _interrupt(signum, _frame) -> None:
+    # Raised at whatever Python line runs when the signal lands; if that is a __del__ (a mapped GStreamer
+    # buffer's, say), Python prints the exception and drops it, so the frame loop also checks _SIGNALLED
+    _SIGNALLED.append(signum)
     raise _Interrupted(signum)
 
 
@@ -403,6 +411,8 @@ def _pixelize_video(input, output, px, spec, stats, max_frames, duration_s, ledg
             frames = iter_frames(input, max_frames=max_frames, duration_s=duration_s, channels=spec.channels,
                                  pixel_format=pixel_format_for(spec.color, spec.channels), tls_ca_file=tls_ca_file)
             for frame in frames:
+                if _SIGNALLED:  # a signal whose exception a __del__ swallowed
+                    raise _Interrupted(_SIGNALLED[0])
                 # the ledger is checked before every release, the first included; a refused frame repeats
                 # the last release (free post-processing)
                 if ledger is None or ledger.try_spend(frame.pts_s, spec.eps_frame_exact):

@@ -76,6 +76,20 @@ _SECRET_VALUE_RE = re.compile(_SECRET_KEY + r"=(?P<value>.*?)(?=_[A-Za-z][A-Za-z
                               re.IGNORECASE)
 # A query parameter whose name is percent-encoded ('?pass%77ord=x'): the server decodes it to a secret name.
 _ENCODED_KEY_RE = re.compile(r"(?<=[?&;#])(?P<key>[^&;=#]*%[^&;=#]*)=(?P<value>[^&;#]*)")
+# A secret in a quoted mapping (a JSON object, a Python dict's repr, YAML flow style) that quotes a config:
+# '"password": "x"', "'client_secret': 'x'", '"pwd": 1234'. The key is a secret name, or ends in one after a
+# '-', '_' or '.' ('rtsp_password', 'x-auth-token'); the value is a quoted string (to its unescaped closing
+# quote) or a bare token (to the next ',', '}', ']' or whitespace).
+_QUOTED_KEY = (r"(?:[A-Za-z0-9]+[-_.])*(?:authorization|"
+               + "|".join(re.escape(k) for k in sorted(_SECRET_QUERY_KEYS, key=len, reverse=True)) + ")")
+_MAPPING_SECRET_RE = re.compile(
+    rf"""(?P<key>(?P<kq>["']){_QUOTED_KEY}(?P=kq)\s*:\s*)"""
+    r"""(?:(?P<vq>["'])(?:\\.|(?!(?P=vq)).)*(?P=vq)|[^\s,}\]]+)""",
+    re.IGNORECASE | re.DOTALL,
+)
+# An HTTP/RTSP credentials header quoted in a message ('Authorization: Basic dXNlcjpwdw==', a Digest
+# response, 'Proxy-Authorization: Bearer ...'): everything after the header name, to the end of its line.
+_AUTH_HEADER_RE = re.compile(r"(?P<key>\b(?:proxy-)?authorization\s*:[ \t]*)(?![\s\"'])[^\r\n]*", re.IGNORECASE)
 REDACTED = "***"
 
 
@@ -103,6 +117,10 @@ def _redact_encoded_keys(params: str) -> str:
     return _ENCODED_KEY_RE.sub(mask, params)
 
 
+def _quoted(value: str, quote: str | None) -> str:
+    return f"{quote}{value}{quote}" if quote else value
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with its userinfo and secret-looking parameter values replaced by ``***``.
 
@@ -128,6 +146,8 @@ def redact_text(text: str, *secrets: str) -> str:
         return text
     out = _USERINFO_RE.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
     out = _redact_params(out)
+    out = _MAPPING_SECRET_RE.sub(lambda m: m.group("key") + _quoted(REDACTED, m.group("vq")), out)
+    out = _AUTH_HEADER_RE.sub(lambda m: m.group("key") + REDACTED, out)
     for secret in secrets:
         if secret and len(secret) >= 3:
             out = out.replace(secret, REDACTED)

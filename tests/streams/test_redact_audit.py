@@ -117,3 +117,51 @@ def test_a_password_in_a_quoted_url_never_survives_and_the_rest_does(password, h
     out = redact_text(text)
     assert password not in out and encoded not in out
     assert out == expected
+
+
+# --- secrets quoted outside a URL: a config echoed as JSON or a dict, an Authorization header ------------
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ('{"source": "rtsp://cam/live", "password": "hunter2", "ch": 1}',
+         '{"source": "rtsp://cam/live", "password": "***", "ch": 1}'),
+        ("{'url': 'rtsp://cam', 'rtsp_password': 'hun\\'ter2', 'ch': 1}",
+         "{'url': 'rtsp://cam', 'rtsp_password': '***', 'ch': 1}"),
+        ('{"client_secret":"hunter2","x-auth-token": "hunter2", "pwd": 1234}',
+         '{"client_secret":"***","x-auth-token": "***", "pwd": ***}'),
+        ("{'Authorization': 'Bearer hunter2'}", "{'Authorization': '***'}"),
+        # names that only contain a secret word are not secrets
+        ('{"keyframe": 3, "monkey": "x", "passenger": "y"}', '{"keyframe": 3, "monkey": "x", "passenger": "y"}'),
+    ],
+)
+def test_a_secret_in_a_quoted_mapping_is_redacted(text, shown):
+    assert redact_text(text) == shown
+
+
+def test_an_authorization_header_in_a_message_is_redacted():
+    request = ("DESCRIBE rtsp://cam/live RTSP/1.0\r\nCSeq: 3\r\n"
+               "Authorization: Basic YWRtaW46aHVudGVyMg==\r\nUser-Agent: GStreamer\r\n")
+    assert redact_text(request) == ("DESCRIBE rtsp://cam/live RTSP/1.0\r\nCSeq: 3\r\n"
+                                    "Authorization: ***\r\nUser-Agent: GStreamer\r\n")
+    digest = 'proxy-authorization: Digest username="admin", realm="cam", nonce="1", response="0a1b"'
+    assert redact_text(digest) == "proxy-authorization: ***"
+    assert redact_text("401 Unauthorized: not authorized") == "401 Unauthorized: not authorized"
+
+
+@given(password=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24),
+       key=st.sampled_from(["password", "rtsp_password", "token", "client_secret", "Authorization"]),
+       dump=st.sampled_from(["json", "repr"]))
+def test_a_secret_value_in_a_dumped_mapping_never_survives(password, key, dump):
+    import json
+
+    # json.dumps / repr of {"source": ..., key: password, "ch": 1}, written out so the expected text is exact
+    value = json.dumps(password) if dump == "json" else repr(password)
+    q = '"' if dump == "json" else "'"
+
+    def doc(v: str) -> str:
+        return "{" + f"{q}source{q}: {q}rtsp://cam/live{q}, {q}{key}{q}: {v}, {q}ch{q}: 1" + "}"
+
+    text = doc(value)
+    assert text == (json.dumps if dump == "json" else repr)({"source": "rtsp://cam/live", key: password, "ch": 1})
+    assert redact_text(text) == doc(value[0] + "***" + value[0])

@@ -217,10 +217,10 @@ class LocalRtspServer:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Close the listening socket, disconnect clients, tear down every media pipeline. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        with self._private_lock:
+        with self._private_lock:  # a serve_private racing this one either lands in `mounts` or is refused
+            if self._stopped:
+                return
+            self._stopped = True
             mounts = list(self._private.values())
         for mount in mounts:
             mount.close()
@@ -249,6 +249,10 @@ class LocalRtspServer:
         quit_source.set_callback(lambda *a: (self._loop.quit(), False)[1])
         quit_source.attach(self._context)
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("RTSP server on %s:%d: its main loop did not end within %.1f s (a media pipeline did not "
+                        "stop); the socket is closed", self.host, self.port, timeout_s)
+            return
         log.info("RTSP server on %s:%d stopped", self.host, self.port)
 
     def __enter__(self) -> LocalRtspServer:
@@ -350,6 +354,8 @@ class LocalRtspServer:
                               "(not . or .., which are path segments)")
         path = f"/{camera_id}/private"
         with self._private_lock:  # two threads serving one camera get one mount (add_factory replaces silently)
+            if self._stopped:  # stop() closed every mount it knew: this one would never be closed
+                raise ConfigError(f"RTSP server on port {self.port} was stopped; cannot serve {path!r}")
             if path in self._private:
                 return self._private[path]
             mount = PrivateMount(camera_id, path, encoder=encoder, keepalive_s=keepalive_s,

@@ -174,3 +174,19 @@ def test_removing_a_mount_answers_a_client_that_waits_for_its_first_release(rtsp
     finally:
         client.close()
         thread.join(20)
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_stopped_server_refuses_a_new_private_mount(started):
+    """serve_private after stop() made a mount (and its encoder thread) that stop() had already passed, so
+    nothing ever closed it."""
+    server = LocalRtspServer(port=0)
+    if started:
+        server.start()
+    kept = server.serve_private("kept", encoder=ENC)
+    server.stop()
+    with pytest.raises(ConfigError, match="was stopped"):
+        server.serve_private("late", encoder=ENC)
+    assert kept.clients == 0
+    mine = {"dpstream-private-kept", "dpstream-private-late"}
+    assert wait_for(lambda: not mine & {t.name for t in dpstream_threads()}, 10), [t.name for t in dpstream_threads()]

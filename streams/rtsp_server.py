@@ -251,7 +251,7 @@ class LocalRtspServer:
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("RTSP server on %s:%d: its main loop did not end within %.1f s (a media pipeline did not "
-                        "stop); the socket is closed", self.host, self.port, timeout_s)
+                        "stop)", self.host, self.port, timeout_s)
             return
         log.info("RTSP server on %s:%d stopped", self.host, self.port)
 

@@ -30,7 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attacks.errors import AuditError, AuditInterrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy audits of dpstream releases.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Privacy audits of dpstream releases.",
+                  pretty_exceptions_show_locals=False)  # a local can be a face photo (see service/cli.py)
 faces_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The packaged face photos.")
 app.add_typer(faces_app, name="faces")
 console = Console(stderr=True)

@@ -13,6 +13,10 @@ app = typer.Typer(
     help="Differentially private pixelization of camera streams.",
     no_args_is_help=True,
     add_completion=False,
+    # a bug's traceback names the frames it passed through, never their variables: a local can be a raw frame,
+    # a noise key or a camera URL with its password (typer releases before fastapi/typer#1072, which
+    # pyproject admits, printed them by default)
+    pretty_exceptions_show_locals=False,
 )
 
 cli_pixelize.register(app)

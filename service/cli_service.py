@@ -69,12 +69,11 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from service.api import create_app
-        from service.logsetup import setup_logging
+        from service.logsetup import UVICORN_LOGGING, setup_logging
 
         settings = _with_default_redis(_settings(host=host, port=port, redis_url=redis_url))
         setup_logging(settings.log_level)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_LOGGING)
 
     @app.command("worker")
     def worker(

@@ -19,6 +19,7 @@ from dp.errors import ConfigError
 from service.api import create_app
 from service.auth import replace_tokens_named
 from service.embedded import EmbeddedValkey
+from service.logsetup import UVICORN_LOGGING
 from service.models import Camera, new_incarnation
 from service.redaction import redact_url
 from service.settings import Settings
@@ -118,7 +119,7 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
             "Ctrl-C stops.\n"
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                               log_level="warning", access_log=False))
+                                               **UVICORN_LOGGING))
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C (and SIGTERM) after shutting down
             server.run()
         typer.echo("stopping: worker, RTSP server, store...")

@@ -215,6 +215,12 @@ def throughput(name: str, frames: int) -> dict:
         if len(kept) < 30:  # keep a few for the release-only row; holding all would measure page faults
             kept.append(frame.array)
     row["ingest_fps"] = frames / (time.perf_counter() - t0)
+    # the YUV cameras' ingest alone (the decoder's I420 as read-only views, no release): what the full path
+    # costs beyond decoding before dp does anything
+    t0, c0 = time.perf_counter(), _cpu_s()
+    n = sum(1 for _ in iter_frames(clip, pixel_format="i420"))
+    row["ingest_i420_fps"], row["ingest_i420_cpu_ms"] = n / (time.perf_counter() - t0), 1e3 * (_cpu_s() - c0) / n
+    row["ingest_i420_vs_decode"] = row["ingest_i420_fps"] / row["decode_fps"]
     px = Pixelizer(SPEC)
     timing: dict = {}
 
@@ -348,13 +354,14 @@ def markdown(results: dict) -> str:
     ]
     if results["throughput"]:
         lines += [
-            "| clip | decode (I420) | decode to RGB | iter_frames | Pixelizer.release only | full path RGB | RGB / decode | RGB / decode-RGB | RGB + 1 viewer | full path YUV | YUV / decode | YUV + 1 viewer | full path YUV, previous layout | YUV previous / decode | full path RGB, previous (service default) | RGB previous / decode |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| clip | decode (I420) | decode to RGB | iter_frames | iter_frames I420 (share of decode) | Pixelizer.release only | full path RGB | RGB / decode | RGB / decode-RGB | RGB + 1 viewer | full path YUV | YUV / decode | YUV + 1 viewer | full path YUV, previous layout | YUV previous / decode | full path RGB, previous (service default) | RGB previous / decode |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         nan = float("nan")
         for r in results["throughput"]:
             lines.append(
                 f"| {r['resolution']} | {r['decode_fps']:.0f} | {r['decode_rgb_fps']:.0f} | {r['ingest_fps']:.0f} | "
+                f"{r.get('ingest_i420_fps', nan):.0f} ({r.get('ingest_i420_vs_decode', nan):.0%}) | "
                 f"{r['release_only_fps']:.0f} | {r['full_fps']:.0f} | {r.get('full_vs_decode', nan):.0%} | "
                 f"{r['full_vs_decode_rgb']:.0%} | "
                 f"{r['full_viewer_fps']:.0f} | {r.get('full_yuv_fps', nan):.0f} | "
@@ -367,8 +374,8 @@ def markdown(results: dict) -> str:
             "CPU per frame (ms, all threads of the process; decode-only with libav's own thread count / with the "
             "full path's):",
             "",
-            "| clip | decode (I420) | full path YUV | full path YUV, previous | decode to RGB | full path RGB | full path RGB, previous |",
-            "|---|---|---|---|---|---|---|",
+            "| clip | decode (I420) | iter_frames I420 | full path YUV | full path YUV, previous | decode to RGB | full path RGB | full path RGB, previous |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in results["throughput"]:
             d, drgb = r.get("decode", {}), r.get("decode_rgb", {})
@@ -376,7 +383,8 @@ def markdown(results: dict) -> str:
             if n is None:
                 continue
             lines.append(
-                f"| {r['resolution']} | {d['auto_cpu_ms']:.2f} / {d[n + '_cpu_ms']:.2f} | {r['full_yuv_cpu_ms']:.2f} | "
+                f"| {r['resolution']} | {d['auto_cpu_ms']:.2f} / {d[n + '_cpu_ms']:.2f} | "
+                f"{r.get('ingest_i420_cpu_ms', nan):.2f} | {r['full_yuv_cpu_ms']:.2f} | "
                 f"{r.get('full_yuv_previous_cpu_ms', nan):.2f} | "
                 f"{drgb['auto_cpu_ms']:.2f} / {drgb[n + '_cpu_ms']:.2f} | {r['full_cpu_ms']:.2f} | "
                 f"{r.get('full_previous_cpu_ms', nan):.2f} |"

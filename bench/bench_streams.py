@@ -9,6 +9,8 @@ Part 1, throughput, on one H.264 clip per resolution (the same file for every ro
 * ``decode`` : ``filesrc ! qtdemux ! h264parse ! avdec_h264 ! fakesink`` (decoder's native I420)
 * ``decode_rgb`` : the same plus ``videoconvert`` to RGB, to fakesink: the decode-only ceiling of our path
 * ``ingest`` : :func:`streams.iter_frames` (decode, RGB, into numpy)
+* ``ingest_i420`` : :func:`streams.iter_frames` with ``pixel_format="i420"`` (the YUV cameras' ingest alone:
+  read-only views of the decoder's buffers, no release), compared with ``decode``
 * ``release_only`` : ``Pixelizer.release`` alone on decoded frames, one Numba thread (as in the worker)
 * ``full`` : :class:`streams.worker.CameraWorker` with ``queue_policy="block"``, ``realtime=False``: ingest
   (an RGB camera takes the decoder's I420 and dp converts it to RGB itself), ``Pixelizer.release``

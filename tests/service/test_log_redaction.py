@@ -48,7 +48,8 @@ _UVICORN_SCRIPT = textwrap.dedent(
     def boom():
         raise RuntimeError("a library quoted " + url)
 
-    kwargs = UVICORN_LOGGING if ours else {"log_level": "warning", "access_log": False}
+    # the control differs only in uvicorn's own logging config, the one the service ran with before
+    kwargs = UVICORN_LOGGING if ours else dict(UVICORN_LOGGING, log_config=uvicorn.config.LOGGING_CONFIG)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **kwargs))
     thread = threading.Thread(target=server.run)
     thread.start()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from service.embedded import EMBEDDED_PORT
+from service.embedded import EMBEDDED_PORT, embedded_url
 
 if TYPE_CHECKING:  # pydantic-settings loads in ~0.1 s: only the service commands pay for it
     from service.settings import Settings
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pydantic-settings loads in ~0.1 s: only the service command
 # EMBEDDED_PORT is Settings.embedded_redis_port's default; reading the settings here would slow every command
 DEFAULT_REDIS_HELP = (f"Redis/Valkey URL (env REDIS_URL); default: the embedded Valkey of `dpstream up` "
                       "(redis://127.0.0.1:PORT/0, PORT from env DPSTREAM_EMBEDDED_REDIS_PORT, default "
-                      f"{EMBEDDED_PORT}).")
+                      f"{EMBEDDED_PORT}, with the password it keeps under DPSTREAM_DATA).")
 
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help=DEFAULT_REDIS_HELP, show_default=False)]
 Host = Annotated[str | None, typer.Option("--host", help="Address the API listens on (default 127.0.0.1).")]
@@ -42,7 +42,7 @@ def _settings(**overrides) -> Settings:
 def _with_default_redis(settings: Settings) -> Settings:
     if settings.redis_url:
         return settings
-    return settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{settings.embedded_redis_port}/0"})
+    return settings.model_copy(update={"redis_url": embedded_url(settings.data_dir, settings.embedded_redis_port)})
 
 
 def register(app: typer.Typer) -> None:

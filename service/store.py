@@ -259,6 +259,10 @@ def _store_error(err: Exception) -> StoreUnavailable:
     text = redact_text(str(err)) or type(err).__name__
     if isinstance(err, redis.ResponseError) and str(err).startswith("WRONGTYPE"):
         return StoreRefused(f"Redis store refused the command: {text}")
+    if isinstance(err, redis.exceptions.NoPermissionError | redis.AuthenticationError):
+        return StoreUnavailable(f"Redis store refused this client: {text} (the embedded Valkey of `dpstream up` "
+                                "takes the password it keeps under DPSTREAM_DATA, readable by the account that "
+                                "runs it alone: run as that account with its DPSTREAM_DATA, or set REDIS_URL)")
     return StoreUnavailable(f"Redis store unavailable: {text}")
 
 

@@ -83,7 +83,8 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
         if not settings.redis_url:
             valkey = stack.enter_context(EmbeddedValkey(settings.data_dir, port=settings.embedded_redis_port))
             settings = settings.model_copy(update={"redis_url": valkey.url})
-            redis_line = f"embedded Valkey {valkey.url} (append-only, data in {valkey.data_dir})"
+            redis_line = (f"embedded Valkey {redact_url(valkey.url)} (append-only, data in {valkey.data_dir}, "
+                          "this account only)")
         store = SyncStore(settings.redis_url, prefix=settings.key_prefix)
         stack.callback(store.close)
         store.ping()

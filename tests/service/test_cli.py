@@ -204,6 +204,8 @@ def test_up_runs_the_whole_path_and_stops_cleanly(tmp_path: Path, stop: str) -> 
     assert list((tmp_path / "var" / "valkey").rglob("*.aof")), "append-only files under DPSTREAM_DATA"
     log = out_path.read_text()
     assert "stopping" in log and "Traceback" not in log, log[-3000:]
+    secret = (tmp_path / "var" / "valkey" / "password").read_text().strip()
+    assert secret not in log and "embedded Valkey redis://***@127.0.0.1" in log, "the banner hides its password"
     # The embedded Valkey is outside the terminal's process group, so it outlived the worker's last writes:
     # the worker handed the demo camera's lease back (10 s TTL) and saved the camera's ledger on the way out.
     server = start_valkey(tmp_path / "var" / "valkey")

@@ -19,12 +19,23 @@ def test_compose_file_runs_valkey_api_workers_and_prometheus() -> None:
     services = compose["services"]
     assert {"valkey", "api", "worker", "prometheus"} <= set(services)
     assert services["worker"]["deploy"]["replicas"] >= 2
-    assert services["api"]["environment"]["REDIS_URL"] == "redis://valkey:6379/0"
-    assert "--appendonly" in services["valkey"]["command"]
+    url = services["api"]["environment"]["REDIS_URL"]
+    assert url.startswith("redis://:${VALKEY_PASSWORD:?") and url.endswith("}@valkey:6379/0"), url
+    valkey = " ".join(services["valkey"]["command"])
+    assert "--appendonly yes" in valkey and '--requirepass "$$VALKEY_PASSWORD"' in valkey
+    assert "$$VALKEY_PASSWORD" in " ".join(services["valkey"]["healthcheck"]["test"])
     for mount in services["prometheus"]["volumes"]:
         source = mount.split(":")[0]
         if source.startswith("./"):
             assert (REPO / source).is_file(), source
+
+
+def test_the_stores_and_the_re_streams_passwords_are_required_not_defaulted() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert services["valkey"]["environment"]["VALKEY_PASSWORD"].startswith("${VALKEY_PASSWORD:?")
+    worker = services["worker"]["environment"]
+    assert worker["DPSTREAM_HOST"] == "0.0.0.0" and "ports" not in services["worker"]
+    assert worker["DPSTREAM_RTSP_PASSWORD"].startswith("${DPSTREAM_RTSP_PASSWORD:?")
 
 
 def test_only_the_api_gets_the_admin_token() -> None:

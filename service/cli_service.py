@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
 
         settings = _with_default_redis(_settings(host=host, port=port, redis_url=redis_url))
         setup_logging(settings.log_level)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_LOGGING)
+        # uvicorn's own lines at the settings' level: where it listens, startup and shutdown (`up` prints a banner)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    **dict(UVICORN_LOGGING, log_level=settings.log_level.lower()))
 
     @app.command("worker")
     def worker(

@@ -22,6 +22,7 @@ from service.embedded import EMBEDDED_PORT
 from service.redaction import redact_url
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_ADMIN_TOKEN_CHARS = 16  # guessable below that; `openssl rand -hex 24` (docker-compose.yml) gives 48
 
 
@@ -152,7 +153,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("latest_cache_s", "DPSTREAM_LATEST_CACHE_S"),
         description="Seconds the API reuses a camera's latest release bytes (0: read Redis every time).",
     )
-    log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "DPSTREAM_LOG_LEVEL"))
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "DPSTREAM_LOG_LEVEL"),
+                           description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case) [DPSTREAM_LOG_LEVEL].")
 
     @field_validator("redis_url")
     @classmethod
@@ -165,6 +167,13 @@ class Settings(BaseSettings):
             return check_redis_url(v)
         except ConfigError as exc:  # pydantic reports a ValueError as a validation error of this field
             raise ValueError(str(exc)) from None
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"DPSTREAM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (any case)")
+        return v.upper()
 
     @field_validator("admin_token")
     @classmethod

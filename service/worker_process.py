@@ -24,6 +24,7 @@ Only an unreachable store stops a step for all of them (each camera would fail a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -85,6 +86,8 @@ def start_rtsp_server(settings: Settings, port: int, *, any_port_if_taken: bool 
         return LocalRtspServer(port=p, host=settings.host, auth=settings.rtsp_auth,
                                public_host=settings.rtsp_public_host).start()
 
+    if (warning := open_rtsp_warning(settings)) is not None:
+        log.warning(warning)
     try:
         return start(port)
     except DpstreamError:
@@ -92,6 +95,23 @@ def start_rtsp_server(settings: Settings, port: int, *, any_port_if_taken: bool 
             raise
         log.warning("RTSP port %s is taken; using a free port", port)
         return start(0)
+
+
+def open_rtsp_warning(settings: Settings) -> str | None:
+    """What to log when the re-streams listen beyond this machine and take no credentials, else None."""
+    if settings.rtsp_auth is not None or _loopback(settings.host):
+        return None
+    return (f"the RTSP server listens on {settings.host} without credentials: anyone who reaches it may watch "
+            "every /<camera>/private re-stream; set DPSTREAM_RTSP_USER and DPSTREAM_RTSP_PASSWORD")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def default_worker_id() -> str:

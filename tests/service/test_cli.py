@@ -101,12 +101,30 @@ def dpstream(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     (["token", "create"], {"DPSTREAM_PORT": "abc"}, "DPSTREAM_PORT: Input should be a valid integer"),
     (["token", "create"], {"REDIS_URL": "http://admin:s3cretpw@10.0.0.5/0"}, "REDIS_URL: Value error"),
     (["worker", "--redis-url", "localhost:6379"], {}, "must start with one of redis://"),
+    (["serve"], {"DPSTREAM_LOG_LEVEL": "verbose"}, "DPSTREAM_LOG_LEVEL must be one of DEBUG, INFO, WARNING"),
 ])
 def test_bad_settings_are_one_line_errors_without_their_values(args, env, says) -> None:
     result = dpstream(*args, env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and says in result.stderr
     assert "Traceback" not in result.stderr and "s3cretpw" not in result.stderr
+
+
+def test_serve_says_where_it_listens_and_when_it_stopped(redis_url: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DPSTREAM_ADMIN_TOKEN", "DPSTREAM_PORT")}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--redis-url",
+                             redis_url], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: port_open(port), timeout_s=60, what="the API listening")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal once it has shut down
+    assert f"running on http://127.0.0.1:{port}" in err and "shutdown complete" in err, err
 
 
 def test_up_on_a_taken_port_says_so_before_printing_a_token(tmp_path: Path) -> None:

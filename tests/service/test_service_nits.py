@@ -164,3 +164,20 @@ def test_a_window_shorter_than_one_release_interval_is_refused(admin: httpx.Clie
     r = admin.patch("/api/v1/cameras/hall", json={"release_fps": 5.0})
     assert r.status_code == 422 and "use window_s >= 0.2 s" in r.text, r.text
     assert admin.get("/api/v1/cameras/hall").json()["version"] == 1
+
+
+# --- an RTSP server beyond loopback without credentials ---------------------------------------------------
+
+@pytest.mark.parametrize(("host", "credentials", "warned"), [
+    ("0.0.0.0", False, True), ("::", False, True), ("10.1.2.3", False, True), ("node-7.lan", False, True),
+    ("127.0.0.1", False, False), ("127.0.0.2", False, False), ("::1", False, False), ("localhost", False, False),
+    ("0.0.0.0", True, False),
+])
+def test_a_re_stream_open_beyond_this_machine_without_credentials_is_warned_about(host, credentials, warned):
+    from service.worker_process import open_rtsp_warning
+
+    auth = {"rtsp_user": "viewer", "rtsp_password": "eight+chars"} if credentials else {}
+    warning = open_rtsp_warning(Settings(host=host, **auth))
+    assert (warning is not None) == warned
+    if warned:
+        assert host in warning and "DPSTREAM_RTSP_PASSWORD" in warning

@@ -4,7 +4,8 @@ The sampler (dp.cell_math.discrete_laplace) inverts 64-bit fixed-point CDFs. The
 in 60-digit decimal arithmetic, so the only deviation from the exact law is the rounding of each threshold
 to a multiple of 2^-64 and the dropped tail beyond the last digit; `tv_bound` adds both up exactly, per
 sample. Measured over scales from 0.5 to 1e9 it stays below 2^-56 (t = 12240, the default RGB camera:
-2^-57.5); it enters the guarantee as a delta of at most n_samples * tv_bound per release.
+2^-57.5); it grows with the scale, to 2^-55.78 at the largest that `sampler_digits` accepts (about 1.6e15),
+so below 2^-55.7 everywhere. It enters the guarantee as a delta of at most n_samples * tv_bound per release.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ the sensitivity formulas)."""
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dp import Pixelizer, PixelizeSpec, Release, cell_math, release
-from dp.noise import laplace_tables
+from dp import Ledger, Pixelizer, PixelizeSpec, Release, cell_math, release
+from dp.cell_math import MAX_DIGITS
+from dp.errors import ConfigError
+from dp.noise import laplace_tables, sampler_digits
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "mechanism.md").read_text()
@@ -61,10 +64,17 @@ def test_the_stated_window_holds_the_stated_releases_per_second():
     from service.models import Camera
 
     camera = Camera(id="doc", source="test:ball")
-    m = re.search(r"the window holds (\d+) of them, exactly one\s+release per second", DOC)
+    m = re.search(r"the window's budget is (\d+) of them, at most\s+one release per second", DOC)
     assert m, "the sentence about the default window moved"
     per_window = camera.eps_window / camera.to_spec().eps_frame
     assert int(m.group(1)) == per_window == camera.release_fps * camera.window_s
+    # a closed window of window_s seconds holds one release more than window_s * release_fps
+    m = re.search(r"one second apart would put (\d+) in one window: the ledger\s+refuses about one in (\d+)", DOC)
+    assert m and int(m.group(1)) == int(m.group(2)) == per_window + 1
+    ledger = Ledger(eps_window=camera.eps_window, window_s=camera.window_s)
+    period = int(per_window) + 1
+    granted = [ledger.try_spend(t / camera.release_fps, camera.to_spec().eps_frame) for t in range(10 * period)]
+    assert [t for t, ok in enumerate(granted) if not ok] == list(range(period - 1, 10 * period, period))
 
 
 def test_format_magic_versions_and_domains_are_the_code_s():
@@ -89,6 +99,25 @@ def test_the_stated_sampler_bound_holds_over_the_stated_scales():
     default_rgb = PixelizeSpec(eps_pix=1.0).noise_scale
     for scale in (lo, Decimal(1), Decimal(17), default_rgb, Decimal(378_000), hi):
         assert laplace_tables(scale).tv_bound < bound, scale
+
+
+def test_the_stated_bound_at_the_largest_accepted_scale_holds_at_every_scale():
+    m = re.search(r"at the largest the sampler takes \(about ([\d.]+e\d+), (\d) digits\) it is 2\^-([\d.]+), so\s+"
+                  r"it is below 2\^-([\d.]+) at every scale", DOC)
+    assert m, "the sentence about the largest scale moved"
+    lo, hi = Decimal(1), Decimal(10) ** 17  # the largest accepted scale, by bisection on the spec's own check
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        try:
+            sampler_digits(mid)
+            lo = mid
+        except ConfigError:
+            hi = mid
+    assert abs(float(lo) / float(m.group(1)) - 1) < 0.05 and sampler_digits(lo) == int(m.group(2)) == MAX_DIGITS
+    tv = laplace_tables(lo).tv_bound
+    assert abs(-math.log2(tv) - float(m.group(3))) < 0.01 and tv < 2.0 ** -float(m.group(4))
+    for scale in (Decimal("0.0255"), Decimal(1), Decimal(10) ** 12, lo / 2, lo * Decimal("0.99")):
+        assert laplace_tables(scale).tv_bound < 2.0 ** -float(m.group(4)), scale
 
 
 def test_the_stated_sensitivities_are_the_spec_s():

@@ -226,6 +226,9 @@ class Pixelizer:
                 height = height * 2 // 3
             if frame_index is None:
                 frame_index = self._next_index
+                if frame_index >= 1 << 64:
+                    raise ConfigError("the next frame_index would pass 2^64 - 1 (the release format's limit); "
+                                      "pass frame_index explicitly")
             self._next_index = int(frame_index) + 1
             words = fresh_key() if key is None else key_words(key)
             grid = lay.Grid(height, width, spec.block_size)

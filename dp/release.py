@@ -266,6 +266,8 @@ class Release:
         elif encoding == _RAW:
             layout = np.frombuffer(body, dtype=np.uint8, count=n_codes, offset=pos).reshape(grid.shape).copy()
             pos += n_codes
+            if layout.size and (layout == layout.flat[0]).all():  # one release, one byte string (_codes_bytes)
+                raise ReleaseFormatError("release writes a uniform layout code by code; its encoding is one code")
         else:
             raise ReleaseFormatError(f"unknown layout encoding {encoding}")
         if layout.size and int(layout.max()) >= n_sizes:

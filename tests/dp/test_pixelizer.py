@@ -427,6 +427,26 @@ def test_releases_with_impossible_settings_are_refused_even_with_a_good_checksum
         Release.from_bytes(_crafted(**fields))
 
 
+def test_a_uniform_layout_written_code_by_code_is_refused_so_each_release_has_one_byte_string():
+    previous = {"mode": 2, "block": 32, "sizes": (16, 32)}
+    mixed = Release.from_bytes(_crafted(**previous, codes=[0, 1, 1, 1], means=(4 + 1 + 1 + 1) * 3))
+    assert mixed.layout.tolist() == [[0, 1], [1, 1]]  # the raw encoding itself is fine
+    one_code = _crafted(**previous, codes=None, means=4 * 4 * 3)  # one code: 16 px cells in all four blocks
+    assert Release.from_bytes(one_code).to_bytes() == one_code
+    with pytest.raises(ReleaseFormatError, match="uniform layout"):
+        Release.from_bytes(_crafted(**previous, codes=[1, 1, 1, 1]))
+
+
+def test_the_running_frame_index_stops_at_the_formats_limit(rng):
+    px = Pixelizer(spec_for("fixed"), backend="cpu")
+    frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    last = px.release(frame, frame_index=2**64 - 1, key=bytes(32))
+    assert Release.from_bytes(last.to_bytes()).frame_index == 2**64 - 1
+    with pytest.raises(ConfigError, match="frame_index"):
+        px.release(frame)
+    assert px.release(frame, frame_index=7).frame_index == 7  # a caller's index still works
+
+
 @pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"frame_index": -1}, "frame_index"), ({"frame_index": 2**64}, "frame_index"),
     ({"frame_index": True}, "frame_index"), ({"frame_index": 1.7}, "frame_index"),

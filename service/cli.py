@@ -26,8 +26,10 @@ cli_audit.register(app)
 
 @app.command("precompile")
 def precompile() -> None:
-    """Compile every CPU kernel a worker or the API can use into Numba's on-disk cache (NUMBA_CACHE_DIR when
-    set and writable), so that no process compiles at its start. Run at image build: see docs/deploy.md."""
+    """Compile dp's CPU kernels into Numba's on-disk cache, so that no process compiles at its start.
+
+    Every kernel a worker or the API can use, into NUMBA_CACHE_DIR when it is set and writable. Run it at
+    image build: see docs/deploy.md."""
     import time
 
     from rich.console import Console

@@ -10,9 +10,10 @@ import traceback
 
 from pydantic import ValidationError
 
-from streams.redact import redact_text, redact_url, url_secrets
+from streams.redact import REDACTED, carries_redaction_mask, redact_text, redact_url, url_secrets
 
-__all__ = ["describe_validation_error", "redact_text", "redact_url", "redacted_error", "url_secrets"]
+__all__ = ["REDACTED", "carries_redaction_mask", "describe_validation_error", "redact_text", "redact_url",
+           "redacted_error", "url_secrets"]
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -86,15 +86,18 @@ def parse_pipeline(description: str) -> Gst.Pipeline:
     return element
 
 
-def set_state_or_raise(pipeline: Gst.Element, state: Gst.State, what: str) -> None:
-    """Request a state change; raise :class:`IngestError` when GStreamer refuses it immediately."""
+def set_state_or_raise(pipeline: Gst.Element, state: Gst.State, what: str, *, secrets: tuple[str, ...] = ()) -> None:
+    """Request a state change; raise :class:`IngestError` when GStreamer refuses it immediately.
+
+    ``secrets``: the source's credentials (:func:`streams.redact.url_secrets`), masked in the error too where
+    GStreamer's message quotes them outside a URL."""
     result = pipeline.set_state(state)
     if result == Gst.StateChangeReturn.FAILURE:
-        detail = _first_bus_error(pipeline)
+        detail = _first_bus_error(pipeline, secrets)
         raise IngestError(f"{what}: could not start the GStreamer pipeline{': ' + detail if detail else ''}")
 
 
-def _first_bus_error(pipeline: Gst.Element) -> str:
+def _first_bus_error(pipeline: Gst.Element, secrets: tuple[str, ...] = ()) -> str:
     bus = pipeline.get_bus()
     if bus is None:
         return ""
@@ -102,7 +105,7 @@ def _first_bus_error(pipeline: Gst.Element) -> str:
     if msg is None:
         return ""
     err, _debug = msg.parse_error()
-    return redact_text(err.message)
+    return redact_text(err.message, *secrets)
 
 
 def shutdown_pipeline(pipeline: Gst.Element | None, timeout_s: float = 5.0) -> None:

@@ -61,8 +61,9 @@ def _classify_error(err, debug: str | None, secrets: tuple[str, ...], tls: bool 
     message = err.message or "unknown GStreamer error"
     detail = ""
     if debug:
-        # The last debug line carries the useful cause ("Failed to connect. (Connection refused)").
-        detail = debug.strip().splitlines()[-1].strip()[:200]
+        # The last debug line carries the useful cause ("Failed to connect. (Connection refused)"). Redacted
+        # before it is cut: a URL cut before its '@' would no longer look like one and keep part of its password.
+        detail = redact_text(debug.strip().splitlines()[-1].strip(), *secrets)[:200]
     fatal = False
     hint = ""
     if err.matches(Gst.CoreError.quark(), Gst.CoreError.MISSING_PLUGIN) or any(
@@ -275,6 +276,7 @@ class FrameSource:
             ``colorimetry``, for an RGB ``dp.Pixelizer`` to release with ``i420=frame.colorimetry`` (it converts
             them to RGB itself, cheaper than videoconvert), and RGB frames when the size is odd.
         transport: ``"tcp"`` or ``"udp"`` for RTSP (``"udp"`` falls back to TCP where the camera refuses UDP).
+            An ``rtspt://`` URL always takes TCP, an ``rtspu://`` URL UDP, whatever this says.
         latency_ms: RTSP jitter-buffer latency.
         realtime: pace files and test patterns at their frame rate (a camera stand-in); timestamps then
             become wall-clock capture times. RTSP is always live.
@@ -334,8 +336,16 @@ class FrameSource:
         if self.spec.kind == "rtsp":
             src.set_property("location", self.spec.location)
             # UDP falls back to TCP: a camera (or a firewall on the way) that refuses UDP transport would
-            # otherwise fail as "no supported stream", which reads like a codec problem and is never retried
-            protocols = TRANSPORTS[transport] | (TRANSPORTS["tcp"] if transport == "udp" else 0)
+            # otherwise fail as "no supported stream", which reads like a codec problem and is never retried.
+            # rtspt:// and rtspu:// name their transport: rtspsrc tries only what both the URL and `protocols`
+            # allow, so transport='tcp' (the default) with rtspu:// left none ("no protocols left", forever)
+            if self.spec.transport is not None:
+                if self.spec.transport != transport:
+                    log.debug("source %s: its scheme sets transport=%r (not %r)", self.display, self.spec.transport,
+                              transport)
+                protocols = TRANSPORTS[self.spec.transport]
+            else:
+                protocols = TRANSPORTS[transport] | (TRANSPORTS["tcp"] if transport == "udp" else 0)
             src.set_property("protocols", protocols)
             src.set_property("latency", int(latency_ms))
             src.set_property("tcp-timeout", int(tcp_timeout_s * 1_000_000))
@@ -382,7 +392,7 @@ class FrameSource:
                 return
             self._started = True
         log.debug("starting source %s", self.display)
-        set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"source {self.display!r}")
+        set_state_or_raise(self.pipeline, Gst.State.PLAYING, f"source {self.display!r}", secrets=self._secrets)
         if self._on_frame is not None:
             self._puller = threading.Thread(target=self._pull_loop, name=self._thread_name, daemon=True)
             self._puller.start()

@@ -60,8 +60,9 @@ def test_a_bare_query_string_is_redacted(text, shown):
 
 
 def test_non_secret_parts_of_a_url_are_kept_as_written():
-    assert (redact_url("rtsp://cam/live?token=abc&name=a%20b&flag")
-            == "rtsp://cam/live?token=***&name=a%20b&flag")
+    # a public parameter (streams.redact.PUBLIC_PARAMS) keeps its percent-encoding; any other value is masked
+    assert (redact_url("rtsp://cam/live?token=abc&profile=a%20b&flag&name=x")
+            == "rtsp://cam/live?token=***&profile=a%20b&flag&name=***")
     assert redact_url("rtsp://admin:pw@cam/live\nnext") == "rtsp://***@cam/live\nnext"
 
 

@@ -24,7 +24,7 @@ from service.models import (
     new_camera_id,
     new_incarnation,
 )
-from service.redaction import redact_text
+from service.redaction import REDACTED, carries_redaction_mask, redact_text, redact_url
 from service.store import StoredCameraUnreadable
 
 log = logging.getLogger("dpstream.api")
@@ -66,6 +66,19 @@ def validated(camera: Camera) -> Camera:
     return camera
 
 
+def refuse_redacted_source(source: str, *, patch: bool) -> None:
+    """A 422 for a source that still carries the mask of a redacted one (``rtsp://***@cam/live``,
+    ``?password=***``): its credentials are lost, and storing it would make ``***`` the camera's password."""
+    if not carries_redaction_mask(source):
+        return
+    keep = ("leave source out of the PATCH, or send it exactly as GET returned it, to keep the stored one"
+            if patch else "a source returned by GET has its credentials masked")
+    msg = (f"source {redact_url(source)!r} holds the redaction mask {REDACTED!r} as a user name, password or "
+           f"parameter value: it is a copy of a redacted URL. Send the full URL with its credentials; {keep}")
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                        [{"loc": ["body", "source"], "msg": msg, "type": "value_error"}])
+
+
 async def existing(store: StoreDep, camera_id: str) -> Camera:
     cam = await store.get_camera(camera_id)
     if cam is None:
@@ -77,6 +90,7 @@ async def existing(store: StoreDep, camera_id: str) -> Camera:
              responses={**AUTH_ERRORS, **INVALID, 409: _err("A camera with this id exists.")})
 async def create_camera(body: CameraCreate, store: StoreDep) -> Camera:
     """Add a camera. A worker picks it up within one heartbeat."""
+    refuse_redacted_source(body.source, patch=False)
     cam = validated(Camera.model_validate({**body.model_dump(), "id": body.id or new_camera_id(), "version": 1,
                                            "incarnation": new_incarnation()}))
     if not await store.create_camera(cam):
@@ -111,6 +125,8 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
             "msg": "incarnation is set when a camera is created and never changes; leave it out"}])
     if changes.get("source") == current.public().source:
         del changes["source"]  # a GET-then-PATCH round trip sends the redacted source back: keep the real one
+    elif "source" in changes:  # an edited copy of the redacted source would store '***' as its credentials
+        refuse_redacted_source(changes["source"], patch=True)
     merged = {**current.model_dump(), **changes, "version": current.version + 1}
     try:
         cam = Camera.model_validate(merged)

@@ -77,6 +77,8 @@ class TestPatternMount:
     fps: int
 
     def __post_init__(self) -> None:
+        _check_even_size(self.width, self.height)
+        # the capsfilter of each media now prepared (one while clients share it); removed when it is unprepared
         self._capsfilters: list[Gst.Element] = []
         self._lock = threading.Lock()
 
@@ -86,7 +88,9 @@ class TestPatternMount:
         )
 
     def set_resolution(self, width: int, height: int) -> None:
-        """Switch every current client (and later ones) to ``width`` x ``height``; the encoder renegotiates."""
+        """Switch every current client (and later ones) to ``width`` x ``height``; the encoder renegotiates.
+        Both must be even (H.264 4:2:0)."""
+        _check_even_size(width, height)
         with self._lock:
             self.width, self.height = width, height
             filters = list(self._capsfilters)
@@ -98,6 +102,21 @@ class TestPatternMount:
         capsfilter.set_property("caps", self._caps())
         with self._lock:
             self._capsfilters.append(capsfilter)
+        # a shared media is unprepared once its last client has left, and never used again: without this, every
+        # media the mount ever made stayed in the list, with its pipeline's elements
+        media.connect("unprepared", lambda _media: self._forget(capsfilter))
+
+    def _forget(self, capsfilter: Gst.Element) -> None:
+        with self._lock:
+            self._capsfilters = [c for c in self._capsfilters if c is not capsfilter]
+
+
+def _check_even_size(width: int, height: int) -> None:
+    """x264 encodes 4:2:0 only: an odd size failed every client's media (503), and a camera worker reading the
+    mount reconnected forever."""
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise ConfigError(f"width={width!r}, height={height!r}: a served test pattern needs even, positive sizes "
+                          f"(H.264 4:2:0); use {max(2, width + width % 2)}x{max(2, height + height % 2)}")
 
 
 class LocalRtspServer:
@@ -296,8 +315,10 @@ class LocalRtspServer:
         audio: bool = False,
     ) -> TestPatternMount:
         """Serve a moving videotestsrc pattern as H.264 (shared by all clients); ``audio=True`` adds a tone as
-        AAC, listed before the video, as a camera with a microphone does."""
+        AAC, listed before the video, as a camera with a microphone does. ``width`` and ``height`` must be even
+        (H.264 4:2:0); :class:`ConfigError` otherwise."""
         self._check_mount(mount)
+        _check_even_size(width, height)
         if pattern not in TEST_PATTERNS:
             raise ConfigError(f"pattern={pattern!r}; one of {sorted(TEST_PATTERNS)}")
         encoder = encoder or EncoderSettings(key_int_max=int(fps))

@@ -4,7 +4,9 @@ Three kinds of source are accepted, all decoded by the same appsink tail:
 
 * ``rtsp://host[:port]/path`` and ``rtsps://...`` cameras (``user:password@`` allowed, never logged);
   transport (``"tcp"`` or ``"udp"``) and jitter-buffer latency are arguments, not URL parameters, because
-  the URL's own query string belongs to the camera.
+  the URL's own query string belongs to the camera. The schemes of RFC 2326 that name a transport decide it
+  instead: ``rtspt://`` is RTP over TCP, ``rtspu://`` over UDP (without the TCP fallback of ``"udp"``);
+  GStreamer never tries a transport that its URL's scheme excludes.
 * local video files: a path or a ``file://`` URI (anything ``decodebin`` can demux and decode).
 * ``test:<pattern>`` GStreamer test patterns with moving content, e.g. ``test:ball`` or
   ``test:smpte?width=1280&height=720&fps=30&live=1``; patterns are videotestsrc's names; every pattern
@@ -47,6 +49,8 @@ class SourceSpec:
     height: int | None = None
     fps: Fraction | None = None
     live: bool = False
+    # RTSP: the transport the URL's scheme requires ("tcp" for rtspt://, "udp" for rtspu://), else None
+    transport: str | None = None
 
     @property
     def is_live(self) -> bool:
@@ -107,7 +111,8 @@ def _parse_rtsp(uri: str) -> SourceSpec:
         raise ConfigError(f"source {display!r}: port 0 is not a valid RTSP port")
     if any(c.isspace() for c in uri):
         raise ConfigError(f"source {display!r}: malformed RTSP URL, it contains whitespace")
-    return SourceSpec(kind="rtsp", location=uri, display=display)
+    transport = {"rtspt": "tcp", "rtspu": "udp"}.get(parts.scheme.lower())
+    return SourceSpec(kind="rtsp", location=uri, display=display, transport=transport)
 
 
 def _parse_test(uri: str) -> SourceSpec:

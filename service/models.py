@@ -221,12 +221,19 @@ def _patch_model() -> type[Model]:
                                           "current source."))
     fields["incarnation"] = (str | None, Field(default=None, max_length=64, description="Accepted only as GET "
                                                "returned it (a GET-edit-PATCH round trip); it never changes."))
+    fields["id"] = (str | None, Field(default=None, max_length=64, description="Accepted only as the camera's "
+                                      "own id (a GET-edit-PATCH round trip); the id never changes."))
+    fields["version"] = (int | None, Field(default=None, ge=1, description="The version your change is based on "
+                                           "(as GET returned it): the PATCH applies only while the camera is "
+                                           "still at that version, else 409, so two editors never overwrite "
+                                           "each other unseen. Left out: applies to the current version."))
     return create_model("CameraPatch", __base__=StrictModel, **fields)
 
 
 CameraPatch = _patch_model()
 CameraPatch.__doc__ = (f"Fields to change; absent fields keep their value, and so do fields given as null, "
-                       f"except {' and '.join(PATCH_NULLABLE)}, where null is a value. The id cannot change.")
+                       f"except {' and '.join(PATCH_NULLABLE)}, where null is a value. The id cannot change; a "
+                       f"PATCH that changes nothing writes nothing (the version stays).")
 
 _FIELD_NAMES = tuple(sorted(set(Camera.model_fields) | {"eps_frame"}, key=len, reverse=True))
 

@@ -112,13 +112,22 @@ async def get_camera(camera_id: CameraId, store: StoreDep) -> Camera:
 
 @router.patch("/{camera_id}", response_model=Camera, dependencies=[Depends(require_admin)],
               responses={**AUTH_ERRORS, **NOT_FOUND, **INVALID,
-                         409: _err("The camera changed concurrently; retry.")})
+                         409: _err("The camera changed since the `version` given, or concurrently: GET it "
+                                   "again and reapply the change.")})
 async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) -> Camera:  # type: ignore[valid-type]
-    """Change settings live: the owning worker applies them at its next release."""
+    """Change settings live: the owning worker applies them at its next release. With `version`, only if
+    nobody changed the camera since that version. A PATCH that changes nothing writes nothing."""
     current = await existing(store, camera_id)
     changes = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
     # null is a value only where the camera can hold one; elsewhere it means "unchanged" (CameraPatch says so)
     changes = {k: v for k, v in changes.items() if v is not None or k in PATCH_NULLABLE}
+    if "id" in changes and changes.pop("id") != camera_id:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+            "loc": ["body", "id"], "type": "value_error",
+            "msg": f"the id of camera {camera_id!r} never changes; leave id out (create a camera to get another)"}])
+    if "version" in changes and (based_on := changes.pop("version")) != current.version:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera_id!r} is at version {current.version}, not "
+                            f"{based_on}: someone changed it since; GET it again and reapply the change")
     if "incarnation" in changes and changes.pop("incarnation") != current.incarnation:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
             "loc": ["body", "incarnation"], "type": "value_error",
@@ -134,6 +143,8 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
         detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
     validated(cam)
+    if cam.model_dump(exclude={"version"}) == current.model_dump(exclude={"version"}):
+        return current.public()  # nothing changes: no write, no new version, no reload in the worker
     if not await store.replace_camera(cam, current.version):
         raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera_id!r} changed meanwhile; retry")
     log.info("camera updated camera_id=%s version=%s fields=%s", cam.id, cam.version, sorted(changes))
@@ -143,7 +154,8 @@ async def patch_camera(camera_id: CameraId, body: CameraPatch, store: StoreDep) 
 @router.delete("/{camera_id}", status_code=204, response_class=Response,
                dependencies=[Depends(require_admin)], responses={**AUTH_ERRORS, **NOT_FOUND})
 async def delete_camera(camera_id: CameraId, store: StoreDep) -> Response:
-    """Remove a camera and its releases. Its ledger outlives it by one window."""
+    """Remove a camera and its releases. Its ledger outlives it by at least one window (two windows or 60 s,
+    the longer, once the worker that ran it has stopped it)."""
     try:
         window_s = (await existing(store, camera_id)).window_s
     except StoredCameraUnreadable:  # the way out of a broken config: its ledger tells the window

@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
         host: Host = None, port: Port = None,
         redis_url: Annotated[str | None, typer.Option(
             "--redis-url", help="Use this Redis instead of the embedded Valkey (env REDIS_URL).")] = None,
-        demo: Annotated[bool, typer.Option(help="Add a demo camera served by the local RTSP server.")] = True,
+        demo: Annotated[bool, typer.Option(help="Add a demo camera served by the local RTSP server (--no-demo: serve "
+                                           "none, and disable the demo camera of an earlier run).")] = True,
     ) -> None:
         """Everything on one machine: embedded Valkey, the API, one worker and a demo camera. Ctrl-C stops."""
         from service.logsetup import setup_logging

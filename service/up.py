@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -28,6 +29,7 @@ from service.worker_process import WorkerProcess, start_rtsp_server
 
 log = logging.getLogger("dpstream.up")
 DEMO_ID = "demo"
+DEMO_MOUNT = "/demo-source"  # the RTSP mount of the demo camera's test pattern
 
 
 def _ensure_demo_camera(store: SyncStore, source: str) -> None:
@@ -39,8 +41,27 @@ def _ensure_demo_camera(store: SyncStore, source: str) -> None:
     if cam is None:
         store.put_camera(Camera(id=DEMO_ID, source=source, release_fps=5.0, eps_pix=1.0, m_pixels=16,
                                 eps_window=50.0, window_s=10.0, cell_size=16, incarnation=new_incarnation()))
-    elif cam.source != source:  # the RTSP port may differ from the last run
-        store.put_camera(cam.model_copy(update={"source": source, "version": cam.version + 1}))
+    elif cam.source != source or (not cam.enabled and _is_our_demo(cam.source)):
+        # the RTSP port may differ from the last run; a demo that `up --no-demo` disabled streams again
+        enabled = cam.enabled or _is_our_demo(cam.source)
+        store.put_camera(cam.model_copy(update={"source": source, "enabled": enabled, "version": cam.version + 1}))
+
+
+def _is_our_demo(source: str) -> bool:
+    """Whether `source` is the demo mount of a `dpstream up` on this machine (not a camera put under the id)."""
+    parts = urlsplit(source)
+    return parts.scheme == "rtsp" and parts.hostname in ("127.0.0.1", "localhost") and parts.path == DEMO_MOUNT
+
+
+def _disable_demo_camera(store: SyncStore) -> None:
+    """`up --no-demo` serves no demo source: the demo camera of an earlier run would only fail, and alert."""
+    try:
+        cam = store.get_camera(DEMO_ID)
+    except StoredCameraUnreadable:
+        return
+    if cam is not None and cam.enabled and _is_our_demo(cam.source):
+        store.put_camera(cam.model_copy(update={"enabled": False, "version": cam.version + 1}))
+        log.info("demo camera of an earlier run disabled (no demo source with --no-demo; `up` enables it again)")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -93,9 +114,11 @@ def _run_up(settings: Settings, *, demo: bool) -> int:
         rtsp = start_rtsp_server(settings, settings.rtsp_port, any_port_if_taken=True)
         stack.callback(rtsp.stop)
         if demo:
-            rtsp.serve_test_pattern("/demo-source", pattern="ball", width=320, height=240, fps=15)
+            rtsp.serve_test_pattern(DEMO_MOUNT, pattern="ball", width=320, height=240, fps=15)
             user, password = settings.rtsp_auth or (None, None)
-            _ensure_demo_camera(store, rtsp.url("/demo-source", user=user, password=password))
+            _ensure_demo_camera(store, rtsp.url(DEMO_MOUNT, user=user, password=password))
+        else:
+            _disable_demo_camera(store)
         if settings.admin_token is not None:
             token_line = "admin token: the value of DPSTREAM_ADMIN_TOKEN"
             token = "$DPSTREAM_ADMIN_TOKEN"

@@ -181,3 +181,25 @@ def test_a_re_stream_open_beyond_this_machine_without_credentials_is_warned_abou
     assert (warning is not None) == warned
     if warned:
         assert host in warning and "DPSTREAM_RTSP_PASSWORD" in warning
+
+
+# --- up --no-demo and the demo camera of an earlier run ----------------------------------------------------
+
+def test_up_without_its_demo_disables_the_demo_camera_of_an_earlier_run_and_up_enables_it(redis_url) -> None:
+    from service.store import SyncStore
+    from service.up import DEMO_ID, _disable_demo_camera, _ensure_demo_camera
+
+    store = SyncStore(redis_url)
+    ours = "rtsp://127.0.0.1:8554/demo-source"
+    _ensure_demo_camera(store, ours)
+    assert store.get_camera(DEMO_ID).enabled
+    _disable_demo_camera(store)  # `up --no-demo`: nothing serves the demo source, so it would only fail
+    cam = store.get_camera(DEMO_ID)
+    assert (cam.enabled, cam.version) == (False, 2)
+    _ensure_demo_camera(store, "rtsp://127.0.0.1:8600/demo-source")  # `up` again, on another port
+    cam = store.get_camera(DEMO_ID)
+    assert (cam.enabled, cam.version, cam.source) == (True, 3, "rtsp://127.0.0.1:8600/demo-source")
+    # a real camera an operator named "demo" is not the demo: --no-demo leaves it as it is
+    store.put_camera(cam.model_copy(update={"source": "rtsp://10.0.0.5/live", "version": 4}))
+    _disable_demo_camera(store)
+    assert store.get_camera(DEMO_ID).enabled and store.get_camera(DEMO_ID).version == 4

@@ -118,7 +118,9 @@ class EmbeddedValkey:
             _end(keeper)
             logged = errors.read_text(errors="replace").strip().splitlines()
             detail = line.removeprefix("error: ") or (logged[-1] if logged else "the keeper process gave no answer")
-            raise StoreUnavailable(f"embedded Valkey could not start on 127.0.0.1:{self.port}: {detail}")
+            hint = ("; set DPSTREAM_EMBEDDED_REDIS_PORT to a free port, or REDIS_URL to a running Redis"
+                    if "in use" in detail.lower() else "")
+            raise StoreUnavailable(f"embedded Valkey could not start on 127.0.0.1:{self.port}: {detail}{hint}")
         self.port = int(line.split()[1])
         self._keeper = keeper
         log.info("embedded valkey listening port=%s data_dir=%s", self.port, self.data_dir)

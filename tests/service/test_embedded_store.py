@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from dp.errors import StoreUnavailable
 from service.embedded import EmbeddedValkey, embedded_url
 from tests.service.conftest import free_port
 
@@ -79,3 +80,10 @@ def test_a_command_without_the_password_says_where_it_is(tmp_path: Path) -> None
             env={**env, "DPSTREAM_DATA": str(tmp_path / "owner"), "DPSTREAM_EMBEDDED_REDIS_PORT": str(port)},
             capture_output=True, text=True, timeout=60)
         assert ok.returncode == 0 and ok.stdout.startswith("dps_"), ok.stderr
+
+
+def test_a_taken_port_says_which_setting_moves_it(tmp_path: Path) -> None:
+    with EmbeddedValkey(tmp_path / "first", port=free_port()) as first:
+        with pytest.raises(StoreUnavailable, match="DPSTREAM_EMBEDDED_REDIS_PORT") as err:
+            EmbeddedValkey(tmp_path / "second", port=first.port).start()
+        assert str(first.port) in str(err.value) and "REDIS_URL" in str(err.value)

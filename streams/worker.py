@@ -10,7 +10,8 @@ Stable interface (``service/`` builds on these names)::
         on_health_change=publish,                           # Callable[[CameraHealth, CameraHealth], None]
     )
     worker.start()
-    worker.update_config(spec=new_spec, release_fps=2.0, ledger=new_ledger)   # at the next frame
+    worker.update_config(spec=new_spec, release_fps=2.0)   # at the next frame
+    ledger.reconfigure(eps_window=8.0, window_s=10.0)       # a new budget: the spends made stay counted
     worker.health   -> CameraHealth(state=HealthState.STREAMING, reason="...", since_s=...)
     worker.stats    -> WorkerStats(frames_ingested=..., frames_released=..., ...)
     worker.stop()   # idempotent; joins every thread; the pipeline is back in NULL; health DISABLED
@@ -28,15 +29,23 @@ Sinks run on the release thread, in order; a slow sink slows releases and so cau
 counted. A sink's exception is logged (never with payload) and counted in ``stats.sink_errors``.
 
 Health (``streams.health.HealthState``) is derived on a supervisor thread from the GStreamer bus and frame
-arrivals: STARTING while dp's kernels compile (the pipeline starts after that) and until the first frame, STREAMING, STALLED after ``stall_timeout_s`` without a frame
-(the pipeline is rebuilt after another ``stall_timeout_s``), RECONNECTING while retrying with exponential
-backoff and jitter, FAILED for errors retrying will not fix soon (malformed URL: no retry; refused
-credentials, missing stream, unsupported codec, a video file whose attempts ended three times in a row
-before its first frame: retried every ``failed_retry_s``), DISABLED after ``stop()``. A camera's decode
-errors pass (the network, the camera), so they are retried with backoff however often they recur; a corrupt
-file fails the same way every time. A file that plays to its end (or to an error, after frames) is played
-again. Every reason is redacted. ``on_health_change(old, new)`` is called on the supervisor thread
-(and on the caller's thread by ``stop()``).
+arrivals: STARTING while dp's kernels compile (the pipeline starts after that) and until the first frame,
+STREAMING, STALLED after ``stall_timeout_s`` without a frame (the pipeline is rebuilt after another
+``stall_timeout_s``; with ``queue_policy="block"`` the time the source waits for room in the queue does not
+count: a slow release is not a silent source), RECONNECTING while retrying with exponential backoff and
+jitter, FAILED for errors retrying will not fix soon (malformed URL: no retry; refused credentials, missing
+stream, unsupported codec, a video file whose attempts ended three times in a row before its first frame:
+retried every ``failed_retry_s``), DISABLED after ``stop()``. A camera's decode errors pass (the network, the
+camera), so they are retried with backoff however often they recur; a corrupt file fails the same way every
+time. A file that plays to its end (or to an error, after frames) is played again. The backoff starts again
+from ``reconnect_backoff_s`` only after a stream that delivered frames for ``backoff_reset_s``: a camera that
+drops sooner, every time, is retried ever more slowly up to ``reconnect_backoff_max_s``. A camera whose frames
+all reach the pipeline but are all rejected by dp (a layout map of another shape than the frames, say) for
+``stall_timeout_s`` is FAILED with dp's reason, which names the setting to change; the pipeline keeps running,
+and the first frame released after a config change makes it STREAMING again. An unexpected error in the
+supervisor itself is logged (redacted) and the camera reconnects after ``reconnect_backoff_max_s``. Every
+reason is redacted. ``on_health_change(old, new)`` is called on the supervisor thread (and on the caller's
+thread by ``stop()``).
 
 Compiling: dp's kernels are compiled (or loaded from Numba's on-disk cache) before the pipeline starts,
 on a compile thread of their own. A compile cannot be interrupted, and on a cold cache it takes tens of
@@ -47,20 +56,24 @@ compiling a new kind of frame) is waited for and no new one starts, because an i
 a compile can crash; what was compiled is in Numba's cache for the next start.
 
 Timestamps: ``Release.timestamp_s`` is the capture time in Unix seconds (files and test patterns are
-played in real time, like a camera; with ``realtime=False`` they carry media time instead). For RTSP the
-capture time is when the frame's packets reached this host (the camera's own clock is not trusted).
-The ledger is charged at the capture time, kept monotonic.
+played in real time, like a camera; with ``realtime=False`` they carry media time instead, continued across
+loops and restarts: each time the file starts again, its time goes on one frame interval after the last
+frame's, so the rate gate and the ledger see one long video). For RTSP the capture time is when the frame's
+packets reached this host (the camera's own clock is not trusted). The ledger is charged at the capture
+time, kept monotonic.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
 import random
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -82,7 +95,64 @@ Sink = Callable[[Release], None]
 _LATENCY_WINDOW = 1024  # recent capture-to-release latencies kept for percentiles
 _FILE_ATTEMPTS = 3  # a video file whose attempts end this often in a row before any frame is FAILED
 _EXIT_WAIT_S = 300.0  # at exit, the longest wait for dp calls in flight (a cold compile: tens of seconds)
+_ATTEMPTS_CAP = 10_000  # failed attempts in a row count up to this (the backoff tops out long before)
 log = logging.getLogger(__name__)
+
+
+def reconnect_delay_s(
+    attempt: int, base_s: float, max_s: float, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
+    """The wait before retry number ``attempt`` (1: the first): exponential backoff with jitter.
+
+    The ceiling starts at ``base_s`` and doubles with each attempt until it reaches ``max_s``; the delay is
+    ``uniform(ceiling / 2, ceiling)``, so cameras that failed together do not all retry together. Any attempt
+    count works: the doubling stops at ``max_s`` (``base_s * 2 ** (attempt - 1)`` as an int-to-float conversion
+    overflowed after 1,024 attempts and killed the supervisor).
+    """
+    ceiling = base_s
+    for _ in range(max(attempt - 1, 0)):  # a lazy range: ends after log2(max_s / base_s) rounds at most
+        if ceiling >= max_s:
+            break
+        ceiling *= 2.0
+    ceiling = min(max_s, ceiling)
+    return uniform(0.5 * ceiling, ceiling)
+
+
+class _MediaTimeline:
+    """Media time (files and test patterns with ``realtime=False``) continued across loops and restarts.
+
+    Every pipeline's media time starts again at 0: a file played again would hand the rate gate and the
+    ledger times they have seen already (the gate skipped every frame of the next loop, the ledger's clock
+    stood still). So each frame's time is its media time plus an offset, set at the first frame of each
+    pipeline (and at a frame whose time would go back: a discontinuity in the file) so that this frame comes
+    one frame interval after the latest time handed out, as if the loops were one longer video. Time handed
+    out never goes back, and never runs ahead of the video's own: within a pipeline it moves as the media
+    time does, and from one pipeline to the next by the smallest interval seen between two frames of one
+    pipeline (0 before one is seen), so no window of the ledger ends sooner than the video says. Used on the
+    pull thread only.
+    """
+
+    def __init__(self) -> None:
+        self._offset_s = 0.0
+        self._last_s: float | None = None  # the latest time handed out
+        self._prev_raw_s: float | None = None  # the previous frame's media time, in the same pipeline
+        self._pipeline: object = None
+        self._step_s = math.inf  # the smallest positive interval seen between frames of one pipeline
+
+    def place(self, pipeline: object, raw_s: float) -> float:
+        """The time of a frame of ``pipeline`` (any token, new for each pipeline) with media time ``raw_s``."""
+        restarted = pipeline is not self._pipeline
+        if restarted:
+            self._pipeline, self._prev_raw_s = pipeline, None
+        if self._prev_raw_s is not None and raw_s > self._prev_raw_s:
+            self._step_s = min(self._step_s, raw_s - self._prev_raw_s)
+        self._prev_raw_s = raw_s
+        t_s = raw_s + self._offset_s
+        if self._last_s is not None and (restarted or t_s < self._last_s):
+            t_s = self._last_s + (0.0 if math.isinf(self._step_s) else self._step_s)
+            self._offset_s = t_s - raw_s
+        self._last_s = t_s
+        return t_s
 
 
 class _InterpreterExiting(Exception):
@@ -149,7 +219,7 @@ class WorkerStats:
     frames_repeated: int = 0  # frames refused by the ledger (the previous release was re-sent, if any)
     frames_dropped: int = 0  # oldest frames dropped by the full queue (back-pressure)
     frames_skipped: int = 0  # frames not released because of release_fps
-    release_errors: int = 0  # frames the pixelizer rejected (logged; their budget is given back)
+    release_errors: int = 0  # frames the pixelizer rejected or that failed (logged; their budget is given back)
     last_release_error: str | None = None  # why the latest one was rejected (public settings and sizes only)
     sink_errors: int = 0  # sink calls that raised (logged)
     reconnects: int = 0  # pipeline rebuilds after an error, end of stream or stall (and file loops)
@@ -207,6 +277,10 @@ class CameraWorker:
             decodes them as fast as the release thread takes frames (use with ``queue_policy="block"``).
         connect_timeout_s: no first frame this long after (re)starting the pipeline: reconnect.
         reconnect_backoff_s, reconnect_backoff_max_s: exponential backoff bounds (with jitter in [50%, 100%]).
+        backoff_reset_s: how long a stream must have delivered frames for the retry after it ends to start
+            from ``reconnect_backoff_s`` again; a camera that drops sooner (one that flaps) keeps backing off,
+            up to ``reconnect_backoff_max_s``, instead of being reconnected every fraction of a second.
+        rng: source of the backoff's jitter (``uniform``); default the ``random`` module.
         failed_retry_s: retry interval in FAILED for refused credentials, missing stream or codec errors.
         transport, latency_ms: RTSP transport (``"tcp"``/``"udp"``) and jitter-buffer latency.
         tls_validate: for ``rtsps://``, validate the camera's certificate (``False``: accept self-signed).
@@ -242,6 +316,8 @@ class CameraWorker:
         connect_timeout_s: float = 10.0,
         reconnect_backoff_s: float = 0.25,
         reconnect_backoff_max_s: float = 2.0,
+        backoff_reset_s: float = 10.0,
+        rng: random.Random | None = None,
         failed_retry_s: float = 30.0,
         transport: str = "tcp",
         latency_ms: int = 50,
@@ -274,6 +350,7 @@ class CameraWorker:
             ("connect_timeout_s", connect_timeout_s),
             ("reconnect_backoff_s", reconnect_backoff_s),
             ("reconnect_backoff_max_s", reconnect_backoff_max_s),
+            ("backoff_reset_s", backoff_reset_s),
             ("failed_retry_s", failed_retry_s),
         ):
             if not value > 0:
@@ -290,6 +367,8 @@ class CameraWorker:
         self._connect_timeout_s = float(connect_timeout_s)
         self._backoff_s = float(reconnect_backoff_s)
         self._backoff_max_s = float(reconnect_backoff_max_s)
+        self._backoff_reset_s = float(backoff_reset_s)
+        self._rng = rng
         self._failed_retry_s = float(failed_retry_s)
         self._transport = transport
         self._latency_ms = latency_ms
@@ -342,6 +421,15 @@ class CameraWorker:
         )
         self._next_index = 0
         self._last_frame_mono = 0.0
+        self._producer_waiting = False  # the pull thread holds a frame, waiting for room (queue_policy="block")
+        self._media_time = False  # set by the supervisor: frames carry media time, not wall-clock capture time
+        self._timeline = _MediaTimeline()
+        self._streamed_s = 0.0  # how long the latest pipeline delivered frames (first to last)
+        # frames rejected in a row (by dp, or by an error while processing them), with no release between
+        self._rejected_run = 0
+        self._rejected_first_mono = 0.0
+        self._rejected_last_mono = 0.0
+        self._rejected_reason = ""
         self._last_size: tuple[int, int] | None = None
         self._ingest_meter = _RateMeter()
         self._release_meter = _RateMeter()
@@ -447,11 +535,13 @@ class CameraWorker:
         self,
         spec: PixelizeSpec | None = None,
         release_fps: float | None = None,
-        ledger: Ledger | None = None,
     ) -> None:
-        """Change the spec (budget, layout), the release rate or the ledger from the next frame on.
+        """Change the spec (budget, layout) or the release rate from the next frame on.
 
         The pipeline keeps running. Invalid values raise :class:`dp.ConfigError` here and change nothing.
+        The ledger is not swapped here: a new ``Ledger`` would start empty, so the budget spent in the
+        current window would be spent again. Change the window budget on the ledger the worker was given,
+        ``Ledger.reconfigure``, which keeps its spends.
         """
         changes: dict = {}
         if spec is not None:
@@ -469,10 +559,6 @@ class CameraWorker:
             changes["spec"] = spec
         if release_fps is not None:
             changes["release_fps"] = self._checked_fps(release_fps)
-        if ledger is not None:
-            if not isinstance(ledger, Ledger):
-                raise ConfigError(f"camera {self.camera_id!r}: ledger must be a dp.Ledger")
-            changes["ledger"] = ledger
         with self._config_lock:
             self._pending.update(changes)
 
@@ -513,14 +599,27 @@ class CameraWorker:
         return redact_text(text, *self._secrets)
 
     # --- ingest side (the source's pull thread) ------------------------------------------------
-    def _on_frame(self, frame: Frame) -> None:
+    def _on_frame(self, pipeline: object, frame: Frame) -> None:
+        """A frame of ``pipeline`` (a token per pipeline the supervisor starts) from its pull thread."""
         now = time.monotonic()
+        self._last_size = (frame.width, frame.height)
+        self._last_frame_mono = now  # the source delivered: alive, whether or not the queue has room
         with self._queue_cv:
-            if self._block_when_full:
-                # back-pressure into GStreamer: the streaming thread waits (stop() wakes it)
-                while len(self._queue) == self._queue.maxlen and not self._stop.is_set():
-                    self._queue_cv.wait(0.1)
-            frame = replace(frame, index=self._next_index)
+            if self._block_when_full and len(self._queue) == self._queue.maxlen:
+                # back-pressure into GStreamer: the streaming thread waits (stop() wakes it). A slow release
+                # is not a stalled source: the supervisor's stall clock stops while this waits.
+                self._producer_waiting = True
+                try:
+                    while len(self._queue) == self._queue.maxlen and not self._stop.is_set():
+                        self._queue_cv.wait(0.1)
+                finally:
+                    self._last_frame_mono = time.monotonic()  # before the flag drops: no false silence
+                    self._producer_waiting = False
+            if self._media_time:
+                t_s = self._timeline.place(pipeline, frame.timestamp_s)
+                frame = replace(frame, index=self._next_index, timestamp_s=t_s)
+            else:
+                frame = replace(frame, index=self._next_index)
             self._next_index += 1
             dropped = len(self._queue) == self._queue.maxlen
             self._queue.append(frame)  # deque(maxlen) drops the oldest
@@ -530,16 +629,19 @@ class CameraWorker:
             if dropped:
                 self._c["dropped"] += 1
             self._ingest_meter.tick(now)
-        self._last_size = (frame.width, frame.height)
-        self._last_frame_mono = now
 
     # --- supervisor thread -------------------------------------------------------------------------
     def _supervise(self) -> None:
         try:
-            is_file = parse_source(self._uri).kind == "file"
+            source_spec = parse_source(self._uri)
         except DpstreamError as exc:
             self._health.set(HealthState.FAILED, self._redact(str(exc)))
             return
+        except Exception as exc:  # not a URI parse_source knows how to refuse (not a string, say)
+            self._health.set(HealthState.FAILED, self._unexpected(exc, "cannot read the source"))
+            return
+        is_file = source_spec.kind == "file"
+        self._media_time = not (source_spec.is_live or self._realtime)  # as FrameSource stamps its frames
         # Connect only once dp is compiled: a first compile can take tens of seconds, and frames decoded
         # meanwhile would only be dropped.
         while not self._dp_ready.wait(0.1):
@@ -548,39 +650,68 @@ class CameraWorker:
         if self._stop.is_set() or _DP_CALLS.closed:  # stopped, or the interpreter exits, during the warm-up
             return
         self._health.set(HealthState.STARTING, f"connecting to {self.source_display}")
-        attempt = 0
+        attempt = 0  # attempts since the last stream that lasted backoff_reset_s (it picks the backoff)
         frameless = 0  # a file's attempts in a row that ended before its first frame
         while not self._stop.is_set():
-            outcome, reason = self._run_pipeline_once()
-            if self._stop.is_set():
-                break
-            if outcome == "streamed":
-                attempt = 1  # it worked before: retry fast
-            else:
-                attempt += 1
-            frameless = frameless + 1 if outcome == "error" else 0
-            if is_file and frameless >= _FILE_ATTEMPTS:
-                # A camera's errors pass (the network, the camera's encoder), a file's come back the same way
-                # every time: say so and retry slowly (the file may be replaced), instead of every few seconds.
-                outcome = "fatal"
-                reason = (f"the file cannot be played ({_FILE_ATTEMPTS} attempts in a row ended before its first "
-                          f"frame): {reason}")
-            with self._stats_lock:
-                self._c["reconnects"] += 1
-            if outcome == "eos-loop":
-                continue  # a file or test clip played to its end: loop it, like a camera that never ends
-            if outcome == "fatal":
-                self._health.set(HealthState.FAILED, reason)
-                delay = self._failed_retry_s
-            else:
+            try:
+                attempt, frameless = self._supervise_once(is_file, attempt, frameless)
+            except Exception as exc:
+                # A bug, or an error of a library nobody translated: the supervisor must outlive it, or health
+                # would say RECONNECTING forever with nobody reconnecting. Say so, and try again.
+                attempt = min(attempt + 1, _ATTEMPTS_CAP)
+                delay = self._backoff_max_s
+                reason = self._unexpected(exc, f"internal error, retrying in {delay:g} s")
                 self._health.set(HealthState.RECONNECTING, reason)
-                ceiling = min(self._backoff_max_s, self._backoff_s * 2 ** max(attempt - 1, 0))
-                delay = random.uniform(0.5 * ceiling, ceiling)
-            self.log.info("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
-            self._stop.wait(delay)
+                self._stop.wait(delay)
+
+    def _unexpected(self, exc: BaseException, what: str) -> str:
+        """Log an unexpected exception (redacted, traceback included); return a redacted reason for health."""
+        reason = f"{what}: {self._redact(f'{type(exc).__name__}: {exc}')}"
+        self.log.error("camera %s: %s\n%s", self.camera_id, reason,
+                       self._redact("".join(traceback.format_exception(exc))).rstrip())
+        return reason
+
+    def _supervise_once(self, is_file: bool, attempt: int, frameless: int) -> tuple[int, int]:
+        """Run one pipeline, then wait as long as its outcome asks. Returns the new (attempt, frameless)."""
+        outcome, reason = self._run_pipeline_once()
+        if self._stop.is_set():
+            return attempt, frameless
+        if outcome == "eos-loop":
+            attempt = 0  # played to its end: all is well
+        elif outcome == "streamed" and self._streamed_s >= self._backoff_reset_s:
+            attempt = 1  # it worked for a while: retry fast
+        else:
+            # a stream that ends within backoff_reset_s (a flapping camera) backs off like a failed attempt
+            attempt = min(attempt + 1, _ATTEMPTS_CAP)
+        frameless = frameless + 1 if outcome == "error" else 0
+        if is_file and frameless >= _FILE_ATTEMPTS:
+            # A camera's errors pass (the network, the camera's encoder), a file's come back the same way
+            # every time: say so and retry slowly (the file may be replaced), instead of every few seconds.
+            outcome = "fatal"
+            reason = (f"the file cannot be played ({_FILE_ATTEMPTS} attempts in a row ended before its first "
+                      f"frame): {reason}")
+        with self._stats_lock:
+            self._c["reconnects"] += 1
+        if outcome == "eos-loop":
+            return attempt, frameless  # a file or clip played to its end: loop it, like a camera that never ends
+        if outcome == "fatal":
+            self._health.set(HealthState.FAILED, reason)
+            delay = self._failed_retry_s
+        else:
+            self._health.set(HealthState.RECONNECTING, reason)
+            uniform = self._rng.uniform if self._rng is not None else random.uniform
+            delay = reconnect_delay_s(attempt, self._backoff_s, self._backoff_max_s, uniform)
+        self.log.info("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
+        self._stop.wait(delay)
+        return attempt, frameless
 
     def _run_pipeline_once(self) -> tuple[str, str]:
-        """Run one pipeline until it fails, ends or stalls. Returns (outcome, redacted reason)."""
+        """Run one pipeline until it fails, ends or stalls. Returns (outcome, redacted reason).
+
+        Sets ``_streamed_s``: how long it delivered frames, from the first to the last.
+        """
+        self._streamed_s = 0.0
+        pipeline = object()  # tells this pipeline's frames from the previous one's (see _MediaTimeline)
         try:
             source = FrameSource(
                 self._uri,
@@ -589,7 +720,7 @@ class CameraWorker:
                 transport=self._transport,
                 latency_ms=self._latency_ms,
                 realtime=self._realtime,
-                on_frame=self._on_frame,
+                on_frame=functools.partial(self._on_frame, pipeline),
                 convert_threads=self._convert_threads,
                 tcp_timeout_s=self._connect_timeout_s,
                 tls_validate=self._tls_validate,
@@ -601,8 +732,9 @@ class CameraWorker:
         is_file = source.spec.kind != "rtsp"
         self._source = source
         streamed = False
+        first_frame_mono: float | None = None
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             self._last_frame_mono = 0.0
             source.start()
             while not self._stop.is_set():
@@ -626,11 +758,18 @@ class CameraWorker:
                 last = self._last_frame_mono
                 if last >= started:
                     streamed = True
-                    silent_s = now - last
+                    if first_frame_mono is None:
+                        first_frame_mono = last
+                    # a producer waiting for room in the queue holds a frame: the source is not silent
+                    silent_s = 0.0 if self._producer_waiting else now - last
                     if silent_s < self._stall_timeout_s:
-                        self._health.set(
-                            HealthState.STREAMING, f"{self._last_size_text()} from {self.source_display}"
-                        )
+                        rejected = self._rejection_failure()
+                        if rejected:
+                            self._health.set(HealthState.FAILED, rejected)
+                        else:
+                            self._health.set(
+                                HealthState.STREAMING, f"{self._last_size_text()} from {self.source_display}"
+                            )
                     elif silent_s < 2 * self._stall_timeout_s:
                         # a fixed reason: the callback fires on change, not on every poll
                         self._health.set(
@@ -646,6 +785,32 @@ class CameraWorker:
         finally:
             self._source = None
             source.stop()
+            if first_frame_mono is not None:
+                self._streamed_s = max(0.0, self._last_frame_mono - first_frame_mono)
+
+    def _rejection_failure(self) -> str:
+        """The FAILED reason while every frame given to dp is rejected, for ``stall_timeout_s`` or longer.
+
+        Two rejections at least, and no release between: a single odd frame is no failure. The reason is the
+        latest rejection's (public settings and sizes only), so it says what to change; the next release
+        clears it, so a config change that fits the frames makes the camera STREAMING again.
+        """
+        with self._stats_lock:
+            run, reason = self._rejected_run, self._rejected_reason
+            first, last = self._rejected_first_mono, self._rejected_last_mono
+        if run < 2 or last - first < self._stall_timeout_s:
+            return ""
+        return f"no frame released for over {self._stall_timeout_s:g} s, every one was rejected: {reason}"
+
+    def _note_rejection(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._stats_lock:
+            self._c["release_errors"] += 1
+            if self._rejected_run == 0:
+                self._rejected_first_mono = now
+            self._rejected_run += 1
+            self._rejected_last_mono = now
+            self._rejected_reason = reason
 
     def _last_size_text(self) -> str:
         size = self._last_size
@@ -657,8 +822,6 @@ class CameraWorker:
             pending, self._pending = self._pending, {}
         if not pending:
             return
-        if "ledger" in pending:  # first: a spec refused below must not keep the old budget
-            self._ledger = pending["ledger"]
         if "release_fps" in pending:
             self._release_fps = pending["release_fps"]
             self._next_due_s = None
@@ -755,10 +918,9 @@ class CameraWorker:
                 self._queue_cv.notify_all()  # a producer may be waiting for space (queue_policy="block")
             try:
                 self._process(frame)
-            except Exception:  # keep the camera alive; never log the frame
-                self.log.exception("camera %s: frame %d could not be processed", self.camera_id, frame.index)
-                with self._stats_lock:
-                    self._c["release_errors"] += 1
+            except Exception as exc:  # keep the camera alive; never log the frame
+                self._unexpected(exc, f"frame {frame.index} could not be processed")
+                self._note_rejection("frames could not be processed (an internal error: see the worker's log)")
 
     def _process(self, frame: Frame) -> None:
         if _DP_CALLS.closed:  # the interpreter is exiting: spend nothing, release nothing
@@ -793,8 +955,8 @@ class CameraWorker:
             reason = self._redact(str(exc))
             self.log.warning("camera %s: frame %d rejected: %s", self.camera_id, frame.index, reason)
             with self._stats_lock:
-                self._c["release_errors"] += 1
                 self._last_release_error = reason
+            self._note_rejection(reason)
             return
         if self._stop.is_set():
             # stopped while releasing (a first frame of a new kind compiles, and can outlast stop()'s join):
@@ -802,6 +964,7 @@ class CameraWorker:
             return
         with self._stats_lock:
             self._c["released"] += 1
+            self._rejected_run = 0  # released: whatever was rejected before, the camera works now
             if self._realtime or self._is_rtsp:  # media timestamps (realtime=False files) have no latency
                 self._latencies.append(time.time() - t_s)
             self._release_meter.tick(time.monotonic())

@@ -248,7 +248,8 @@ def test_frames_dp_refuses_are_counted_with_their_reason_and_spend_no_budget(wor
 def test_config_change_takes_effect_at_the_next_frame_without_restart(rtsp_server, workers):
     rtsp_server.serve_test_pattern("/cam", width=320, height=240, fps=30)
     sink = Collect()
-    worker = make_worker(rtsp_server.url("/cam"), [sink])
+    ledger = Ledger(eps_window=1e4, window_s=60.0)  # room for every frame until it is reconfigured below
+    worker = make_worker(rtsp_server.url("/cam"), [sink], ledger=ledger)
     workers.append(worker)
     worker.start()
     assert wait_for(lambda: len(sink) >= 3, 15)
@@ -259,8 +260,11 @@ def test_config_change_takes_effect_at_the_next_frame_without_restart(rtsp_serve
     after = sink.snapshot()[mark + 1 :]
     assert all(r.block_size == 32 and r.eps_pix == 2.0 for r in after)
     assert worker.stats.reconnects == 0 and worker.spec is coarse
-    # the ledger can be swapped too; a zero-room ledger turns every later frame into a repeat
-    worker.update_config(ledger=Ledger(eps_window=1.0, window_s=60.0))
+    # the ledger is not swapped (a fresh one would forget the window's spends): it is reconfigured in place,
+    # and a budget the window's spends already exceed turns every later frame into a repeat
+    with pytest.raises(TypeError):
+        worker.update_config(ledger=Ledger(eps_window=1.0, window_s=60.0))
+    ledger.reconfigure(eps_window=1.0, window_s=60.0)
     assert wait_for(lambda: worker.stats.frames_repeated >= 3, 10)
 
 

@@ -71,7 +71,7 @@ class StreamsCameraRunner:
         self._sink_lock = threading.Lock()
         self._live_sink: object | None = None  # the token of the worker whose releases are accepted
         self._last_submitted: Release | None = None
-        self._seen = {"ingested": 0, "dropped": 0, "skipped": 0, "repeated": 0, "reconnects": 0}
+        self._seen = dict.fromkeys(("ingested", "dropped", "skipped", "repeated", "rejected", "reconnects"), 0)
         self._worker = None
         self._failed_reason: str | None = None  # set while an enabled camera has no pipeline (see apply)
         self._restarting: int | None = None  # the config version whose pipeline is being (re)started
@@ -233,13 +233,14 @@ class StreamsCameraRunner:
         cid = self._camera.id
         with self._lock:
             now = {"ingested": s.frames_ingested, "dropped": s.frames_dropped, "skipped": s.frames_skipped,
-                   "repeated": s.frames_repeated, "reconnects": s.reconnects}
+                   "repeated": s.frames_repeated, "rejected": s.release_errors, "reconnects": s.reconnects}
             delta = {k: max(0, now[k] - self._seen[k]) for k in now}
             self._seen = now
         FRAMES_INGESTED.labels(cid).inc(delta["ingested"])
         FRAMES_DROPPED.labels(cid, "queue").inc(delta["dropped"])
         FRAMES_DROPPED.labels(cid, "rate").inc(delta["skipped"])
         FRAMES_DROPPED.labels(cid, "budget").inc(delta["repeated"])
+        FRAMES_DROPPED.labels(cid, "rejected").inc(delta["rejected"])  # dp refused them (see rejected_reason)
         RECONNECTS.labels(cid).inc(delta["reconnects"])
 
     def status(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@ FRAMES_INGESTED = Counter("dpstream_frames_ingested_total", "Frames decoded from
 FRAMES_RELEASED = Counter("dpstream_frames_released_total", "Privatized releases produced.", ["camera"])
 FRAMES_DROPPED = Counter(
     "dpstream_frames_dropped_total",
-    "Frames not released: queue overflow, rate gate, budget, or store buffer overflow.",
+    "Frames not released: queue overflow, rate gate, budget, rejected by dp (settings that do not fit the "
+    "frames), or store buffer overflow.",
     ["camera", "reason"],
 )
 RELEASE_LATENCY = Histogram(

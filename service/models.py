@@ -294,7 +294,8 @@ class CameraStatus(Model):
     frames_over_budget: int = Field(default=0, description="Frames not released because the window's "
                                     "budget was spent (the previous release repeats).")
     frames_rejected: int = Field(default=0, description="Frames dp refused for their size or the settings "
-                                 "(a layout map of another shape, say); their budget is given back.")
+                                 "(a layout map of another shape, say); their budget is given back. Every "
+                                 "frame refused for the stall timeout makes the camera FAILED.")
     rejected_reason: str | None = Field(default=None, description="Why the latest of them was refused.")
     reconnects: int = 0
     worker: str | None = Field(default=None, description="Worker that holds the camera's lease.")

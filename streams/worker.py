@@ -95,6 +95,7 @@ Sink = Callable[[Release], None]
 _LATENCY_WINDOW = 1024  # recent capture-to-release latencies kept for percentiles
 _FILE_ATTEMPTS = 3  # a video file whose attempts end this often in a row before any frame is FAILED
 _EXIT_WAIT_S = 300.0  # at exit, the longest wait for dp calls in flight (a cold compile: tens of seconds)
+_RETRY_LOG_EVERY_S = 60.0  # a retry for the same reason as the last one logged is at INFO once this often
 _ATTEMPTS_CAP = 10_000  # failed attempts in a row count up to this (the backoff tops out long before)
 log = logging.getLogger(__name__)
 
@@ -425,6 +426,8 @@ class CameraWorker:
         self._media_time = False  # set by the supervisor: frames carry media time, not wall-clock capture time
         self._timeline = _MediaTimeline()
         self._streamed_s = 0.0  # how long the latest pipeline delivered frames (first to last)
+        self._last_retry_log: tuple[str, float] | None = None  # (reason, monotonic time) of the last INFO retry
+        self._retries_unlogged = 0  # retries at DEBUG since then
         # frames rejected in a row (by dp, or by an error while processing them), with no release between
         self._rejected_run = 0
         self._rejected_first_mono = 0.0
@@ -701,9 +704,24 @@ class CameraWorker:
             self._health.set(HealthState.RECONNECTING, reason)
             uniform = self._rng.uniform if self._rng is not None else random.uniform
             delay = reconnect_delay_s(attempt, self._backoff_s, self._backoff_max_s, uniform)
-        self.log.info("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
+        self._log_retry(delay, reason)
         self._stop.wait(delay)
         return attempt, frameless
+
+    def _log_retry(self, delay: float, reason: str) -> None:
+        """A retry at INFO when its reason is new, or once per ``_RETRY_LOG_EVERY_S`` while it stays the same; at
+        DEBUG otherwise. A camera that is down is retried every few seconds for as long as it stays down: one
+        line each time would bury every other line (the count is in ``stats.reconnects``)."""
+        now = time.monotonic()
+        last = self._last_retry_log
+        if last is None or last[0] != reason or now - last[1] >= _RETRY_LOG_EVERY_S:
+            repeats = self._retries_unlogged
+            self._last_retry_log, self._retries_unlogged = (reason, now), 0
+            self.log.info("camera %s: retrying in %.2f s (%s)%s", self.camera_id, delay, reason,
+                          f"; {repeats} more retries for this reason since the last line" if repeats else "")
+        else:
+            self._retries_unlogged += 1
+            self.log.debug("camera %s: retrying in %.2f s (%s)", self.camera_id, delay, reason)
 
     def _run_pipeline_once(self) -> tuple[str, str]:
         """Run one pipeline until it fails, ends or stalls. Returns (outcome, redacted reason).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -421,3 +422,16 @@ def test_silent_server_is_stalled_then_reconnected_and_recovers(server_process, 
         os.kill(server.proc.pid, signal.SIGCONT)
     assert wait_for(lambda: worker.health.state is HealthState.STREAMING, 15)
     assert worker.stats.reconnects >= 1
+
+
+def test_a_camera_that_stays_down_logs_its_retries_once_not_every_few_seconds(workers, caplog):
+    caplog.set_level(logging.DEBUG, logger="streams.worker")
+    worker = make_worker(f"rtsp://127.0.0.1:{free_port()}/cam", [], reconnect_backoff_s=0.01,
+                         reconnect_backoff_max_s=0.02)
+    workers.append(worker)
+    worker.start()
+    assert wait_for(lambda: worker.stats.reconnects >= 15, 30)
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    info = [r for r in retries if r.levelno == logging.INFO]
+    assert len(info) == 1 and "cannot connect" in info[0].getMessage(), [r.getMessage() for r in info]
+    assert len(retries) - len(info) >= 10  # the rest at DEBUG, each still there for whoever asks

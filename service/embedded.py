@@ -105,8 +105,12 @@ class EmbeddedValkey:
         return embedded_url(self.data_dir.parent, self.port)
 
     def start(self) -> EmbeddedValkey:
-        private_dir(self.data_dir)
-        password(self.data_dir)
+        try:
+            private_dir(self.data_dir)
+            password(self.data_dir)
+        except OSError as err:  # another account's directory, a read-only disk
+            raise StoreUnavailable(f"the embedded Valkey cannot keep its data in {self.data_dir}: {err.strerror}; "
+                                   "set DPSTREAM_DATA to a directory of this account") from None
         errors = self.data_dir / "keeper.log"  # the keeper's own errors (Valkey logs to valkey.log)
         with open(errors, "ab") as err:
             keeper = subprocess.Popen(

@@ -87,3 +87,10 @@ def test_a_taken_port_says_which_setting_moves_it(tmp_path: Path) -> None:
         with pytest.raises(StoreUnavailable, match="DPSTREAM_EMBEDDED_REDIS_PORT") as err:
             EmbeddedValkey(tmp_path / "second", port=first.port).start()
         assert str(first.port) in str(err.value) and "REDIS_URL" in str(err.value)
+
+
+def test_a_data_directory_it_cannot_use_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable, match="set DPSTREAM_DATA to a directory of this account"):
+        EmbeddedValkey(blocker, port=free_port()).start()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import sys
+import threading
+import traceback
 
 import typer
 
@@ -17,6 +20,8 @@ app = typer.Typer(
     # a noise key or a camera URL with its password (typer releases before fastapi/typer#1072, which
     # pyproject admits, printed them by default)
     pretty_exceptions_show_locals=False,
+    # and main() prints a bug's traceback itself, redacted: its message may quote a camera URL with its password
+    pretty_exceptions_enable=False,
 )
 
 cli_pixelize.register(app)
@@ -78,14 +83,33 @@ def _known_error(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def _print_redacted(exc: BaseException, title: str) -> None:
+    from service.redaction import redact_text
+
+    text = "".join(traceback.format_exception(exc))
+    sys.stderr.write(f"{title}\n{redact_text(text)}")
+    sys.stderr.flush()
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """threading's hook for a thread that died of an exception, with the traceback redacted."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    _print_redacted(args.exc_value, f"Exception in thread {name}:")
+
+
 def main() -> None:  # pragma: no cover - thin entry point
-    """The `dpstream` console script."""
+    """The `dpstream` console script. A bug's traceback (of this thread or any other) is printed with every
+    credential redacted, never its local variables."""
+    threading.excepthook = _thread_died
     try:
         app()
     except Exception as exc:
         known = _known_error(exc)
         if known is None:
-            raise
+            _print_redacted(exc, "dpstream stopped on an unexpected error (a bug: please report it):")
+            raise SystemExit(1) from None
         typer.echo(f"error: {known[1]}", err=True)
         raise SystemExit(known[0]) from None
     finally:

@@ -45,11 +45,11 @@ def test_a_pattern_mount_forgets_each_media_its_last_client_left(rtsp_server: Lo
 
 
 def test_rtspu_and_rtspt_urls_take_the_transport_their_scheme_names(rtsp_server: LocalRtspServer):
-    rtsp_server.serve_test_pattern("/cam", width=160, height=120)
-    url = rtsp_server.url("/cam")
-    assert parse_source(url).transport is None
+    assert parse_source(rtsp_server.url("/cam")).transport is None
     for scheme, transport, other in (("rtspu", "udp", "tcp"), ("rtspt", "tcp", "udp")):
-        scheme_url = url.replace("rtsp://", f"{scheme}://", 1)
+        # a mount each: a client that comes while the previous one's shared media is torn down may get a 503
+        rtsp_server.serve_test_pattern(f"/{scheme}", width=160, height=120)
+        scheme_url = rtsp_server.url(f"/{scheme}").replace("rtsp://", f"{scheme}://", 1)
         assert parse_source(scheme_url).transport == transport
         source = FrameSource(scheme_url, transport=other)
         try:
